@@ -1,0 +1,82 @@
+"""Pure tensor functions behind the attention edits; the hooks only find the tensors.
+
+Everything here is a function of q, k, v and masks so it can be tested against float64 math.
+Layouts follow transformers' attention functions: q `[b, h, q, d]`, k/v `[b, kv_h, k, d]`,
+masks `[b|1, 1, q, k]` (bool: True = may attend; float: additive), outputs `[b, q, h, d]`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def key_allowed(attention_mask: torch.Tensor | None, q_len: int, k_len: int, device) -> torch.Tensor:
+    """Boolean `[b|1, 1, q, k]` of the keys each query may attend to.
+
+    `None` is what transformers passes when SDPA can use `is_causal`; it then means causal
+    attention with the queries at the end of the keys, except for the first prefill into a
+    static cache, where SDPA crops the keys to the query length (see `sdpa_attention_forward`).
+    """
+    if attention_mask is None:
+        effective_k = q_len if (q_len > 1 and k_len > q_len) else k_len
+        query_pos = torch.arange(q_len, device=device) + (effective_k - q_len)
+        allowed = torch.arange(k_len, device=device)[None, :] <= query_pos[:, None]
+        return allowed[None, None]
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+
+
+def row_positions(allowed_rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """Key-space position of every query row `[b, r]`: the last key it may attend to (itself)."""
+    k_len = allowed_rows.shape[-1]
+    idx = torch.arange(k_len, device=allowed_rows.device)
+    pos = torch.where(allowed_rows[:, 0], idx, -1).amax(-1)  # [b|1, r]
+    return pos.expand(batch, -1)
+
+
+def repeat_kv_heads(states: torch.Tensor, heads: torch.Tensor, group: int) -> torch.Tensor:
+    """Key/value states of the given query heads under GQA: `[b, kv_h, k, d] -> [b, len(heads), k, d]`."""
+    return states.index_select(1, torch.div(heads, group, rounding_mode="floor"))
+
+
+def attend_with_bias(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor,
+    bias: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """softmax(q k^T * scaling + bias, masked) v through fused SDPA. Returns `[b, h, r, d]`.
+
+    Masked keys get the dtype's minimum rather than -inf so a fully masked (padding) row gives
+    a finite result, as transformers' own masks do.
+    """
+    neg = torch.finfo(query.dtype).min
+    additive = torch.where(allowed, bias.to(query.dtype), torch.tensor(neg, dtype=query.dtype, device=query.device))
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=additive, scale=scaling)
+
+
+def explicit_probs(
+    query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """Post-softmax attention `[b, h, r, k]` in float32 (for reweighting and taps)."""
+    logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
+    if bias is not None:
+        logits = logits + bias
+    logits = logits.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return torch.softmax(logits, dim=-1)
+
+
+def image_logit_amplification(
+    logits: torch.Tensor, image_keys: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """PAI's pre-softmax change as an additive bias: `alpha * |logit|` on image keys, 0 elsewhere.
+
+    Liu et al., ECCV 2024, Sec. 3.2: the image-token scores of the generating row become
+    `logit + alpha * |logit|`, which always raises them, whatever their sign.
+    `logits: [b, h, r, k]`, `image_keys: [b, k]` bool.
+    """
+    return alpha * logits.abs() * image_keys[:, None, None, :].to(logits.dtype)

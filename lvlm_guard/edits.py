@@ -1,0 +1,126 @@
+"""The stable interface between interventions and the model: what a method may change.
+
+A method never touches modules. It returns a plan of edits (see `InterventionPlan`), each a small
+dataclass holding pure functions of tensors; the guard finds the tensors and calls them.
+
+Four intervention points (issue #2, scope 4):
+  (a) `AttentionEdit`   - attention of chosen heads, for chosen query rows, over the keys the
+                          function decides (pre-softmax additive bias and/or post-softmax reweight);
+  (b) `HeadOutputEdit`  - per-head outputs just before `o_proj`;
+  (c) `HiddenStateEdit` - hidden states between decoder layers;
+  (d) taps              - read-only records of attention maps and hidden states (`lvlm_guard.taps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from lvlm_guard.state import GuardState
+
+#: which query rows of each forward an attention edit applies to
+#:  - "last": the last row of every forward (the prompt's last token at prefill, each new token after)
+#:  - "all": every row
+#:  - "after_image": rows whose position lies after the sequence's last image token
+#:  - "generated": rows of decoding steps only (forwards of one token)
+RowSelector = Literal["last", "all", "after_image", "generated"]
+
+
+@dataclass
+class AttentionRows:
+    """What an attention edit sees: the selected query rows and heads of one layer's call.
+
+    Shapes: b = batch, h = the edit's heads, r = selected rows, k = key length, d = head dim.
+    """
+
+    layer: int
+    query: torch.Tensor  # [b, h, r, d] (rotary applied, not scaled)
+    key: torch.Tensor  # [b, h, k, d] (key heads already repeated to match query heads)
+    scaling: float
+    image_keys: torch.Tensor  # [b, k] bool: key is an image token
+    row_positions: torch.Tensor  # [b, r] key-space position of every selected row
+    key_allowed: torch.Tensor  # [b|1, 1, r, k] bool: causal and padding mask
+    state: GuardState
+    is_last_row: torch.Tensor  # [r] bool: the row is the forward's last query
+
+    def select_heads(self, slots: torch.Tensor) -> AttentionRows:
+        """The same rows for a subset of the heads (`slots` index this object's head axis)."""
+        return replace(self, query=self.query.index_select(1, slots), key=self.key.index_select(1, slots))
+
+    def logits(self) -> torch.Tensor:
+        """Scaled dot products in float32, `[b, h, r, k]` (the pre-softmax scores, unmasked)."""
+        return torch.matmul(self.query.float(), self.key.float().transpose(-1, -2)) * self.scaling
+
+
+#: pre-softmax: returns an additive bias `[b, h, r, k]` (float32)
+LogitBias = Callable[[AttentionRows], torch.Tensor]
+#: post-softmax: maps probabilities `[b, h, r, k]` (float32, rows sum to 1) to new ones
+Reweight = Callable[[AttentionRows, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionEdit:
+    """Change the attention of `heads` (None: all) in one layer, on the rows `rows` selects.
+
+    A bias keeps the fast fused SDPA path; a reweight needs explicit weights for the selected
+    rows and heads only. Several edits on one layer compose: biases add, reweights chain.
+    """
+
+    heads: tuple[int, ...] | None = None
+    rows: RowSelector = "last"
+    logit_bias: LogitBias | None = None
+    reweight: Reweight | None = None
+
+    def __post_init__(self) -> None:
+        if self.logit_bias is None and self.reweight is None:
+            raise ValueError("an AttentionEdit needs a logit_bias or a reweight")
+
+
+@dataclass
+class HeadOutputs:
+    """What a head-output edit sees."""
+
+    layer: int
+    state: GuardState
+
+
+@dataclass(frozen=True)
+class HeadOutputEdit:
+    """Change per-head attention outputs before `o_proj`.
+
+    `fn(ctx, x)` gets `x: [b, q, h, d]` for the selected heads (all when None) and returns the
+    same shape.
+    """
+
+    fn: Callable[[HeadOutputs, torch.Tensor], torch.Tensor]
+    heads: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class HiddenStateEdit:
+    """Change the hidden states a decoder layer outputs: `fn(layer, state, h[b, q, D]) -> h`."""
+
+    fn: Callable[[int, GuardState, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class InterventionPlan:
+    """Everything one intervention asks for, by layer index."""
+
+    attention: dict[int, list[AttentionEdit]] = field(default_factory=dict)
+    head_outputs: dict[int, list[HeadOutputEdit]] = field(default_factory=dict)
+    hidden_states: dict[int, list[HiddenStateEdit]] = field(default_factory=dict)
+
+    def merge(self, other: InterventionPlan) -> InterventionPlan:
+        """Union of two plans; edits on the same layer keep the order of the interventions."""
+        merged = InterventionPlan()
+        for name in ("attention", "head_outputs", "hidden_states"):
+            target: dict = getattr(merged, name)
+            for plan in (self, other):
+                for layer, edits in getattr(plan, name).items():
+                    target.setdefault(layer, []).extend(edits)
+        return merged

@@ -1,0 +1,322 @@
+"""Attach, disable, detach: the object that owns every hook an intervention needs.
+
+    guard = attach(model, processor, [PAI(alpha=0.5)])
+    guard.generate(images=[img], prompts=["Describe the image."])
+    with guard.disabled(): ...     # same model, no intervention
+    guard.detach()                 # model exactly as before
+
+While attached, plain `model.generate(**processor(...))` runs with the attention, head-output
+and hidden-state edits too; decoding-time processors (PAI's contrastive refinement) come only
+through `guard.generate` or `guard.logits_processors(prompts)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lvlm_guard.attention import GUARDED, LAYER_ATTR, LayerAttention, register_guarded_attention
+from lvlm_guard.edits import HeadOutputEdit, HeadOutputs, HiddenStateEdit, InterventionPlan
+from lvlm_guard.errors import GuardStateError, InterventionConfigError
+from lvlm_guard.inputs import ImageLike, images_per_prompt
+from lvlm_guard.methods.base import Intervention
+from lvlm_guard.models import ModelAdapter, adapter_for
+from lvlm_guard.state import GuardState
+from lvlm_guard.taps import Taps
+
+MODEL_ATTR = "_lvlm_guard"  # set on the model while a guard is attached
+
+
+@dataclass
+class GenerationOutput:
+    texts: list[str]
+    token_ids: list[list[int]]  # generated tokens only, padding stripped
+    taps: Taps | None = None
+
+
+class Guard:
+    """Owns the interventions' hooks on one model; every hook is removed by `detach`."""
+
+    def __init__(self, model: nn.Module, processor, interventions: Sequence[Intervention]) -> None:
+        if getattr(model, MODEL_ATTR, None) is not None:
+            raise GuardStateError("a guard is already attached to this model; detach it first")
+        for item in interventions:
+            if not isinstance(item, Intervention):
+                raise InterventionConfigError(f"not an intervention: {item!r}")
+        self.model = model
+        self.processor = processor
+        self.interventions = list(interventions)
+        self.adapter: ModelAdapter = adapter_for(model)
+        self.state = GuardState()
+        self.plan = InterventionPlan()
+        for item in self.interventions:
+            self.plan = self.plan.merge(item.plan(self.adapter.spec))
+        self._handles: list = []
+        self._attached = False
+        self._original_attn: str | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def attach(self) -> Guard:
+        if self._attached:
+            raise GuardStateError("this guard is already attached")
+        text_config = self.adapter.text_config
+        original = text_config._attn_implementation
+        if original not in GUARDED:
+            raise GuardStateError(
+                f"attention implementation {original!r} is not supported; load the model with"
+                " attn_implementation='sdpa' (default) or 'eager'"
+            )
+        register_guarded_attention()
+        setattr(self.model, MODEL_ATTR, self)
+        try:
+            self._original_attn = original
+            self.model.set_attn_implementation({"text_config": GUARDED[original]})
+            spec = self.adapter.spec
+            for layer in range(spec.num_layers):
+                edits = self.plan.attention.get(layer, [])
+                setattr(self.adapter.attention(layer), LAYER_ATTR, LayerAttention(layer, edits, self.state, spec.num_heads))
+            self._handles.append(self.model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
+            for layer, edits in self.plan.head_outputs.items():
+                hook = self._head_output_hook(layer, edits)
+                self._handles.append(self.adapter.o_proj(layer).register_forward_pre_hook(hook))
+            for layer, edits in self.plan.hidden_states.items():
+                hook = self._hidden_state_hook(layer, edits)
+                self._handles.append(self.adapter.decoder_layers[layer].register_forward_hook(hook))
+        except BaseException:
+            self._remove_hooks()
+            raise
+        self._attached = True
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook and restore the attention implementation; the model is as before."""
+        if not self._attached:
+            raise GuardStateError("this guard is not attached")
+        self._remove_hooks()
+        self._attached = False
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for layer in range(self.adapter.spec.num_layers):
+            module = self.adapter.attention(layer)
+            if hasattr(module, LAYER_ATTR):
+                delattr(module, LAYER_ATTR)
+        if self._original_attn is not None:
+            self.model.set_attn_implementation({"text_config": self._original_attn})
+            self._original_attn = None
+        if getattr(self.model, MODEL_ATTR, None) is self:
+            delattr(self.model, MODEL_ATTR)
+        self.state.image_keys = None
+        self.state.prompt_ids = None
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the same model with every intervention off (bit-identical to no guard)."""
+        previous = self.state.enabled
+        self.state.enabled = False
+        try:
+            yield
+        finally:
+            self.state.enabled = previous
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """For the guard's own auxiliary forwards: no edits, and the prompt state is left alone."""
+        self.state.suspended += 1
+        try:
+            yield
+        finally:
+            self.state.suspended -= 1
+
+    @contextmanager
+    def tap(
+        self,
+        attention_layers: Sequence[int] | None = None,
+        hidden_layers: Sequence[int] | None = None,
+        prefill_only: bool = True,
+    ) -> Iterator[Taps]:
+        """Record attention maps and hidden states of the given layers (None: none, 'all' via range)."""
+        num_layers = self.adapter.spec.num_layers
+        taps = Taps(
+            attention_layers=frozenset(attention_layers or ()),
+            hidden_layers=frozenset(hidden_layers or ()),
+            prefill_only=prefill_only,
+        )
+        for layer in taps.attention_layers:
+            if not 0 <= layer < num_layers:
+                raise InterventionConfigError(f"tap: attention layer {layer} does not exist (0..{num_layers - 1})")
+        for layer in taps.hidden_layers:
+            if not 0 <= layer <= num_layers:
+                raise InterventionConfigError(f"tap: hidden-state index {layer} does not exist (0..{num_layers})")
+        handles = [self._hidden_tap_hook(taps, layer) for layer in sorted(taps.hidden_layers)]
+        previous = self.state.taps
+        self.state.taps = taps
+        try:
+            yield taps
+        finally:
+            self.state.taps = previous
+            for handle in handles:
+                handle.remove()
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def _on_model_forward(self, module, args, kwargs):
+        """Before each model forward: at a prompt (more than one new token) record image keys."""
+        if self.state.suspended:
+            return None
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None or input_ids.shape[1] == 1:
+            return None
+        past = kwargs.get("past_key_values")
+        seen = int(past.get_seq_length()) if past is not None else 0
+        image_keys = self.adapter.image_token_mask(input_ids)
+        if seen:
+            earlier = self.state.image_keys_for(input_ids.shape[0], seen, input_ids.device)
+            image_keys = torch.cat([earlier, image_keys], dim=1)
+        else:
+            self.state.prompt_ids = input_ids
+        self.state.image_keys = image_keys
+        return None
+
+    def _head_output_hook(self, layer: int, edits: list[HeadOutputEdit]):
+        spec = self.adapter.spec
+        state = self.state
+
+        def hook(module, args):
+            if not state.active:
+                return None
+            x = args[0]
+            heads_view = x.view(*x.shape[:-1], spec.num_heads, spec.head_dim)  # [b, q, h, d]
+            ctx = HeadOutputs(layer=layer, state=state)
+            for edit in edits:
+                if edit.heads is None:
+                    heads_view = edit.fn(ctx, heads_view)
+                else:
+                    idx = torch.tensor(edit.heads, device=x.device)
+                    heads_view = heads_view.index_copy(2, idx, edit.fn(ctx, heads_view.index_select(2, idx)))
+            return (heads_view.reshape(x.shape), *args[1:])
+
+        return hook
+
+    def _hidden_state_hook(self, layer: int, edits: list[HiddenStateEdit]):
+        state = self.state
+
+        def hook(module, args, output):
+            if not state.active:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            for edit in edits:
+                hidden = edit.fn(layer, state, hidden)
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+    def _hidden_tap_hook(self, taps: Taps, index: int):
+        layers = self.adapter.decoder_layers
+        state = self.state
+        if index < len(layers):
+
+            def pre_hook(module, args, kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                if not state.suspended and taps.wants_hidden(index, hidden.shape[1]):
+                    taps.record_hidden(index, hidden)
+
+            return layers[index].register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+        def post_hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            if not state.suspended and taps.wants_hidden(index, hidden.shape[1]):
+                taps.record_hidden(index, hidden)
+
+        return layers[index - 1].register_forward_hook(post_hook)
+
+    # --- generation ----------------------------------------------------------------------------
+    def prepare(self, images, prompts: Sequence[str]):
+        """Processor inputs for a left-padded batch, built with the family's chat template."""
+        per_prompt = images_per_prompt(images, prompts)
+        texts = [self.adapter.chat_prompt(self.processor, p, len(imgs)) for p, imgs in zip(prompts, per_prompt)]
+        tokenizer = self.processor.tokenizer
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            inputs = self.adapter.processor_inputs(self.processor, per_prompt, texts)
+        finally:
+            tokenizer.padding_side = side
+        return inputs.to(self.device)
+
+    def logits_processors(self, prompts: Sequence[str]) -> list:
+        """Decoding-time processors of the enabled interventions, for this batch of prompts."""
+        if not self.state.active:
+            return []
+        found = (item.logits_processor(self, {"prompts": list(prompts)}) for item in self.interventions)
+        return [p for p in found if p is not None]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Sequence[ImageLike | Sequence[ImageLike] | None] | ImageLike | None,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        taps: Taps | bool | None = None,
+        **generate_kwargs,
+    ) -> GenerationOutput:
+        """Guarded generation for a batch of (images, prompt) pairs.
+
+        `taps=True` records attention maps and hidden states of every layer at prefill;
+        a `Taps` object chooses layers. Extra keyword arguments go to `model.generate`
+        (e.g. `cache_implementation="static"`).
+        """
+        if not self._attached:
+            raise GuardStateError("this guard is detached; attach a new one")
+        inputs = self.prepare(images, prompts)
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        tokenizer = self.processor.tokenizer
+        processors = self.logits_processors(prompts)
+        if processors:
+            generate_kwargs["logits_processor"] = [*generate_kwargs.get("logits_processor", []), *processors]
+        tap_context = self._taps_context(taps)
+        with tap_context as recorded:
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+                **generate_kwargs,
+            )
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
+        special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+        token_ids = [[t for t in row if t not in special] for row in new_tokens.tolist()]
+        texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return GenerationOutput(texts=texts, token_ids=token_ids, taps=recorded)
+
+    def _taps_context(self, taps: Taps | bool | None):
+        if taps is None or taps is False:
+            return _nothing()
+        if taps is True:
+            n = self.adapter.spec.num_layers
+            return self.tap(attention_layers=range(n), hidden_layers=range(n + 1))
+        return self.tap(sorted(taps.attention_layers), sorted(taps.hidden_layers), taps.prefill_only)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+def attach(model: nn.Module, processor, interventions: Sequence[Intervention] = ()) -> Guard:
+    """Attach `interventions` (composed in order) to `model` and return the guard."""
+    return Guard(model, processor, interventions).attach()

@@ -1,0 +1,127 @@
+"""`load()`: a model and its processor from a hub id, a local directory or a short name.
+
+The loading path is the real one (transformers `from_pretrained`), so it works on real
+checkpoints; offline with missing weights it raises one `ModelNotFoundError` naming the id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoProcessor
+
+from lvlm_guard.errors import ModelNotFoundError, QuantizationUnavailableError
+from lvlm_guard.models import adapter_class_for_architecture
+
+#: short names of models that ship inside the package
+SHORT_NAMES = {"tiny-coco": Path(__file__).parent / "checkpoints" / "tiny-coco"}
+
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "auto": "auto",
+}
+
+
+def resolve_model_path(name_or_path: str | Path) -> str:
+    """A short name's packaged directory, a local directory, or the hub id unchanged."""
+    name = str(name_or_path)
+    if name in SHORT_NAMES:
+        path = SHORT_NAMES[name]
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"the packaged model {name!r} is missing at {path}; reinstall lvlm_guard or train it with"
+                " scripts/train_tiny_llava.py"
+            )
+        return str(path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{name!r} is a local path but has no config.json")
+        return str(path)
+    return name
+
+
+def _dtype(dtype: str | torch.dtype):
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}") from None
+
+
+def quantization_config(quantization: str | None, compute_dtype, skip_modules: tuple[str, ...]):
+    """bitsandbytes config that leaves the vision tower, projector and lm_head unquantized."""
+    if quantization is None:
+        return None
+    if quantization not in ("4bit", "8bit"):
+        raise ValueError(f"quantization must be '4bit', '8bit' or None, got {quantization!r}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise QuantizationUnavailableError(
+            f"{quantization} loading needs bitsandbytes: pip install 'lvlm_guard[quant]'"
+        ) from None
+    if not torch.cuda.is_available():
+        raise QuantizationUnavailableError(f"{quantization} loading with bitsandbytes needs a CUDA GPU")
+    if quantization == "4bit":
+        return transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute_dtype if compute_dtype != "auto" else torch.bfloat16,
+            llm_int8_skip_modules=list(skip_modules),
+        )
+    return transformers.BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(skip_modules))
+
+
+def load(
+    name_or_path: str | Path,
+    *,
+    dtype: str | torch.dtype = "bfloat16",
+    device_map: str | dict | None = None,
+    quantization: str | None = None,
+    attn_implementation: str = "sdpa",
+    local_files_only: bool | None = None,
+):
+    """Load `(model, processor)`; the model is in eval mode.
+
+    `device_map` goes to accelerate ("auto", "cuda:0", a dict ...); `quantization` is "4bit",
+    "8bit" or None (the vision tower and projector stay in `dtype`).
+    """
+    source = resolve_model_path(name_or_path)
+    is_local = Path(source).exists()
+    offline = {"local_files_only": True} if (is_local or local_files_only) else {}
+    try:
+        config = AutoConfig.from_pretrained(source, **offline)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"cannot load model {str(name_or_path)!r}: no local directory of that name and the hub id"
+            f" is not in the local Hugging Face cache (offline?). Cause: {str(exc).splitlines()[0]}"
+        ) from None
+    architecture = (config.architectures or [type(config).__name__.replace("Config", "ForConditionalGeneration")])[0]
+    adapter_cls = adapter_class_for_architecture(architecture, source=str(name_or_path))
+    model_cls = getattr(transformers, architecture)
+    compute_dtype = _dtype(dtype)
+    kwargs = {"dtype": compute_dtype, "attn_implementation": attn_implementation, **offline}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    quant = quantization_config(quantization, compute_dtype, adapter_cls.unquantized_modules)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs.setdefault("device_map", "auto")
+    try:
+        model = model_cls.from_pretrained(source, **kwargs)
+        processor = AutoProcessor.from_pretrained(source, **offline)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"cannot load the weights or processor of {str(name_or_path)!r} ({source}): {str(exc).splitlines()[0]}"
+        ) from None
+    model.eval()
+    return model, processor

@@ -1,0 +1,14 @@
+"""Interventions, one module per method; importing this package registers them all."""
+
+from __future__ import annotations
+
+from lvlm_guard.methods.base import (
+    Intervention,
+    available_methods,
+    method_class,
+    parse_guard_spec,
+    register_method,
+)
+from lvlm_guard.methods.pai import PAI
+
+__all__ = ["PAI", "Intervention", "available_methods", "method_class", "parse_guard_spec", "register_method"]

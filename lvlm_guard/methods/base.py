@@ -1,0 +1,116 @@
+"""The interface every intervention implements, and the name registry the CLI/app/evals share."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
+
+from lvlm_guard.edits import InterventionPlan
+from lvlm_guard.errors import InterventionConfigError, UnknownGuardError
+from lvlm_guard.models.base import ModelSpec
+
+if TYPE_CHECKING:
+    from transformers import LogitsProcessor
+
+    from lvlm_guard.guard import Guard
+
+
+class Intervention(ABC):
+    """One published method. Subclasses are frozen dataclasses of their hyperparameters."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def plan(self, spec: ModelSpec) -> InterventionPlan:
+        """The edits for a model of this shape; raises InterventionConfigError on bad layers/heads."""
+
+    def logits_processor(self, guard: Guard, inputs: dict) -> LogitsProcessor | None:
+        """A decoding-time processor (e.g. contrastive refinement), or None."""
+        return None
+
+
+_METHODS: dict[str, type[Intervention]] = {}
+
+
+def register_method(cls: type[Intervention]) -> type[Intervention]:
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[Intervention]:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise UnknownGuardError(
+            f"unknown guard {name!r}; available: {', '.join(available_methods())} (or 'none')"
+        ) from None
+
+
+def parse_guard_spec(spec: str) -> list[Intervention]:
+    """Interventions from a spec like `"pai"`, `"pai:alpha=0.5:gamma=none,var"` or `"none"`.
+
+    Values are parsed as int, float, bool or `none`; keys must be fields of the method's config.
+    """
+    spec = spec.strip()
+    if spec in ("", "none"):
+        return []
+    interventions = []
+    for part in spec.split(","):
+        name, *assignments = part.strip().split(":")
+        cls = method_class(name.strip())
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        kwargs = {}
+        for assignment in assignments:
+            key, sep, raw = assignment.partition("=")
+            if not sep or key not in fields:
+                raise InterventionConfigError(
+                    f"bad setting {assignment!r} for guard {name!r}; its settings: {', '.join(sorted(fields))}"
+                )
+            kwargs[key] = _parse_value(raw)
+        interventions.append(cls(**kwargs))
+    return interventions
+
+
+def _parse_value(raw: str):
+    lowered = raw.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    if "/" in raw or ";" in raw:  # layer lists like 2;3;4
+        return tuple(int(x) for x in raw.replace("/", ";").split(";") if x)
+    return raw
+
+
+def check_layers(method: str, layers: Iterable[int], spec: ModelSpec) -> tuple[int, ...]:
+    """Validated layer indices; the error names the method, the bad layers and the valid range."""
+    layers = tuple(layers)
+    bad = [layer for layer in layers if not 0 <= layer < spec.num_layers]
+    if bad:
+        raise InterventionConfigError(
+            f"{method}: layers {bad} do not exist; the model has layers 0..{spec.num_layers - 1}"
+        )
+    return layers
+
+
+def check_heads(method: str, heads: Iterable[int] | None, spec: ModelSpec) -> tuple[int, ...] | None:
+    if heads is None:
+        return None
+    heads = tuple(heads)
+    bad = [h for h in heads if not 0 <= h < spec.num_heads]
+    if bad:
+        raise InterventionConfigError(
+            f"{method}: heads {bad} do not exist; the model has heads 0..{spec.num_heads - 1}"
+        )
+    return heads

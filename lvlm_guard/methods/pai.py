@@ -1,0 +1,68 @@
+"""PAI: Paying More Attention to Image (Liu et al., ECCV 2024; official code LALBJ/PAI).
+
+Two parts, both training-free:
+1. Image attention amplification: in every layer from `start_layer` on, all heads, the
+   pre-softmax score of each image key in the generating row becomes `s + alpha * |s|`
+   (official `attention.py` applies it to row -1 of every forward: the prompt's last token at
+   prefill, each new token while decoding).
+2. Optional image-free contrastive refinement (official `CFG.py`): see `lvlm_guard.contrastive`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from lvlm_guard.attention_math import image_logit_amplification
+from lvlm_guard.contrastive import ImageFreeContrast
+from lvlm_guard.edits import AttentionEdit, AttentionRows, InterventionPlan
+from lvlm_guard.errors import InterventionConfigError
+from lvlm_guard.methods.base import Intervention, check_layers, register_method
+from lvlm_guard.models.base import ModelSpec
+
+
+def _amplify(alpha: float, rows: AttentionRows):
+    return image_logit_amplification(rows.logits(), rows.image_keys, alpha)
+
+
+@register_method
+@dataclass(frozen=True)
+class PAI(Intervention):
+    name = "pai"
+
+    alpha: float = 0.2  # LALBJ/PAI README eval commands (--alpha 0.2) for LLaVA-1.5
+    start_layer: int = 2  # official --start-layer 2: the first two layers are left alone
+    end_layer: int | None = None  # exclusive; official --end-layer 32 = every layer of LLaMA-7B
+    gamma: float | None = 1.1  # README --gamma 1.1 (CFG on); None turns the refinement off
+    plausibility: float = 0.1  # CFG.py: tokens below 0.1 x the best conditional probability dropped
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise InterventionConfigError(f"pai: alpha must be >= 0, got {self.alpha}")
+        if self.gamma is not None and self.gamma <= 0:
+            raise InterventionConfigError(f"pai: gamma must be > 0 or None, got {self.gamma}")
+        if not 0 < self.plausibility <= 1:
+            raise InterventionConfigError(f"pai: plausibility must be in (0, 1], got {self.plausibility}")
+
+    def layers(self, spec: ModelSpec) -> tuple[int, ...]:
+        end = spec.num_layers if self.end_layer is None else self.end_layer
+        if end <= self.start_layer:
+            raise InterventionConfigError(f"pai: empty layer range start_layer={self.start_layer} end_layer={end}")
+        return check_layers("pai", range(self.start_layer, end), spec)
+
+    def plan(self, spec: ModelSpec) -> InterventionPlan:
+        if self.alpha == 0:
+            return InterventionPlan()
+        edit = AttentionEdit(rows="last", logit_bias=partial(_amplify, self.alpha))
+        return InterventionPlan(attention={layer: [edit] for layer in self.layers(spec)})
+
+    def logits_processor(self, guard, inputs: dict):
+        if self.gamma is None or self.gamma == 1:
+            return None
+        return ImageFreeContrast(
+            guard.model,
+            guard.adapter.text_only_inputs(guard.processor, inputs["prompts"], guard.device),
+            gamma=self.gamma,
+            plausibility=self.plausibility,
+            suspend=guard.suspended,
+        )

@@ -1,0 +1,22 @@
+"""Model adapters, one module per family; importing this package registers them all."""
+
+from __future__ import annotations
+
+from lvlm_guard.models import llava  # noqa: F401  (registers itself)
+from lvlm_guard.models.base import ImageSpan, ModelAdapter, ModelSpec
+from lvlm_guard.models.registry import (
+    adapter_class_for_architecture,
+    adapter_for,
+    register_adapter,
+    supported_architectures,
+)
+
+__all__ = [
+    "ImageSpan",
+    "ModelAdapter",
+    "ModelSpec",
+    "adapter_class_for_architecture",
+    "adapter_for",
+    "register_adapter",
+    "supported_architectures",
+]
