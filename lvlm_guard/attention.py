@@ -69,7 +69,7 @@ class LayerAttention:
     def __call__(self, module, query, key, value, attention_mask, stock: Callable, **kwargs):
         state = self.state
         q_len = query.shape[2]
-        edits = [e for e in self.edits if e.rows != "generated" or q_len == 1] if state.active else []
+        edits = list(self.edits) if state.active else []
         tap = state.taps is not None and not state.suspended and state.taps.wants_attention(self.layer, q_len)
         out, weights = stock(module, query, key, value, attention_mask, **kwargs)
         if not edits and not tap:
@@ -92,10 +92,13 @@ class LayerAttention:
 
     # --- the edited rows -------------------------------------------------------------------------
     def _rows(self, edits: list[AttentionEdit], q_len: int, device) -> torch.Tensor:
-        """Query rows to recompute: the last one, unless some edit needs more at prefill."""
-        if q_len > 1 and any(e.rows in ("all", "after_image") for e in edits):
+        """Query rows to recompute: the generating ones, unless some edit needs all rows."""
+        if q_len == 1:
+            return torch.zeros(1, dtype=torch.long, device=device)
+        if any(e.rows in ("all", "after_image") for e in edits):
             return torch.arange(q_len, device=device)
-        return torch.tensor([q_len - 1], device=device)
+        first_generating = self.state.prompt_len - 1 - self.state.query_offset
+        return torch.arange(min(max(first_generating, 0), q_len - 1), q_len, device=device)
 
     def _apply_edits(self, edits, query, key, value, allowed, image_keys, scaling, group, out):
         rows = self._rows(edits, query.shape[2], query.device)
@@ -123,19 +126,24 @@ class LayerAttention:
             row_positions=am.row_positions(allowed_rows, query.shape[0]),
             key_allowed=allowed_rows,
             state=self.state,
-            is_last_row=rows == query.shape[2] - 1,
+            row_index=rows,
+            decoding=query.shape[2] == 1,
         )
 
-    @staticmethod
-    def _row_mask(edit: AttentionEdit, ctx: AttentionRows) -> torch.Tensor | None:
-        """`[b, r]` bool of the selected rows this edit applies to; None where it is all of them."""
-        if edit.rows == "last":
-            return None if ctx.query.shape[2] == 1 else ctx.is_last_row[None, :].expand_as(ctx.row_positions)
+    def _row_mask(self, edit: AttentionEdit, ctx: AttentionRows) -> torch.Tensor | None:
+        """`[b, r]` bool of the selected rows this edit applies to; None where it is all of them.
+
+        While decoding (one query) every row generates and comes after the image.
+        """
+        if edit.rows == "all" or ctx.decoding:
+            return None
         if edit.rows == "after_image":
             idx = torch.arange(ctx.image_keys.shape[1], device=ctx.image_keys.device)
             last_image = torch.where(ctx.image_keys, idx, -1).amax(-1)  # [b]
             return ctx.row_positions > last_image[:, None]
-        return None
+        first = self.state.prompt_len - (1 if edit.rows == "generating" else 0)
+        rows = ctx.row_index + self.state.query_offset >= first  # [r]
+        return rows[None, :].expand_as(ctx.row_positions)
 
     def _head_slots(self, edit: AttentionEdit) -> torch.Tensor | None:
         """Indices of the edit's heads inside the union of edited heads (None: all of them)."""

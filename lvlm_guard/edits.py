@@ -15,19 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
 if TYPE_CHECKING:
     from lvlm_guard.state import GuardState
 
-#: which query rows of each forward an attention edit applies to
-#:  - "last": the last row of every forward (the prompt's last token at prefill, each new token after)
-#:  - "all": every row
+#: which query rows of each forward an attention edit applies to, in cache-invariant terms
+#:  - "generating": rows that predict a new token: the prompt's last token and every generated one
+#:    (with a KV cache: the last row at prefill, then every decoding step; in a full recomputation
+#:    without cache: the same rows, so both give the same result)
+#:  - "generated": rows of generated tokens only
 #:  - "after_image": rows whose position lies after the sequence's last image token
-#:  - "generated": rows of decoding steps only (forwards of one token)
-RowSelector = Literal["last", "all", "after_image", "generated"]
+#:  - "all": every row
+RowSelector = Literal["generating", "generated", "after_image", "all"]
 
 
 @dataclass
@@ -45,7 +47,8 @@ class AttentionRows:
     row_positions: torch.Tensor  # [b, r] key-space position of every selected row
     key_allowed: torch.Tensor  # [b|1, 1, r, k] bool: causal and padding mask
     state: GuardState
-    is_last_row: torch.Tensor  # [r] bool: the row is the forward's last query
+    row_index: torch.Tensor  # [r] indices of the selected rows among the forward's queries
+    decoding: bool  # a one-token forward of a decoding step
 
     def select_heads(self, slots: torch.Tensor) -> AttentionRows:
         """The same rows for a subset of the heads (`slots` index this object's head axis)."""
@@ -71,13 +74,15 @@ class AttentionEdit:
     """
 
     heads: tuple[int, ...] | None = None
-    rows: RowSelector = "last"
+    rows: RowSelector = "generating"
     logit_bias: LogitBias | None = None
     reweight: Reweight | None = None
 
     def __post_init__(self) -> None:
         if self.logit_bias is None and self.reweight is None:
             raise ValueError("an AttentionEdit needs a logit_bias or a reweight")
+        if self.rows not in get_args(RowSelector):
+            raise ValueError(f"rows must be one of {get_args(RowSelector)}, got {self.rows!r}")
 
 
 @dataclass

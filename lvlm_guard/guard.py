@@ -170,7 +170,11 @@ class Guard:
 
     # --- hooks ---------------------------------------------------------------------------------
     def _on_model_forward(self, module, args, kwargs):
-        """Before each model forward: at a prompt (more than one new token) record image keys."""
+        """Before each multi-token forward: record which cache slots hold image tokens.
+
+        A forward whose tokens extend the last prompt (a recomputation without cache of the
+        prompt plus generated tokens) keeps that prompt, so "generating" rows stay the same rows.
+        """
         if self.state.suspended:
             return None
         input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -178,13 +182,15 @@ class Guard:
             return None
         past = kwargs.get("past_key_values")
         seen = int(past.get_seq_length()) if past is not None else 0
+        state = self.state
         image_keys = self.adapter.image_token_mask(input_ids)
         if seen:
-            earlier = self.state.image_keys_for(input_ids.shape[0], seen, input_ids.device)
+            earlier = state.image_keys_for(input_ids.shape[0], seen, input_ids.device)
             image_keys = torch.cat([earlier, image_keys], dim=1)
-        else:
-            self.state.prompt_ids = input_ids
-        self.state.image_keys = image_keys
+        elif not _extends(input_ids, state.prompt_ids):
+            state.prompt_ids = input_ids
+        state.query_offset = seen
+        state.image_keys = image_keys
         return None
 
     def _head_output_hook(self, layer: int, edits: list[HeadOutputEdit]):
@@ -282,6 +288,7 @@ class Guard:
         if not self._attached:
             raise GuardStateError("this guard is detached; attach a new one")
         inputs = self.prepare(images, prompts)
+        self.state.prompt_ids = None  # a new conversation, even if it extends the last one
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
         tokenizer = self.processor.tokenizer
         processors = self.logits_processors(prompts)
@@ -310,6 +317,16 @@ class Guard:
             n = self.adapter.spec.num_layers
             return self.tap(attention_layers=range(n), hidden_layers=range(n + 1))
         return self.tap(sorted(taps.attention_layers), sorted(taps.hidden_layers), taps.prefill_only)
+
+
+def _extends(input_ids: torch.Tensor, prompt_ids: torch.Tensor | None) -> bool:
+    return (
+        prompt_ids is not None
+        and prompt_ids.shape[0] == input_ids.shape[0]
+        and input_ids.shape[1] > prompt_ids.shape[1]
+        and prompt_ids.device == input_ids.device
+        and bool(torch.equal(input_ids[:, : prompt_ids.shape[1]], prompt_ids))
+    )
 
 
 @contextmanager

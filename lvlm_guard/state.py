@@ -23,9 +23,14 @@ class GuardState:
     enabled: bool = True
     suspended: int = 0  # >0 while the guard runs its own auxiliary forwards (image-free branch)
     image_keys: torch.Tensor | None = None  # [b, k_capacity] bool
-    prompt_ids: torch.Tensor | None = None  # [b, prompt_len] of the last prefill
+    prompt_ids: torch.Tensor | None = None  # [b, prompt_len] of the last prompt
+    query_offset: int = 0  # cache slot of the first query of the last multi-token forward
     taps: Taps | None = None
     scratch: dict[str, Any] = field(default_factory=dict)  # per-method data (e.g. sink tokens)
+
+    @property
+    def prompt_len(self) -> int:
+        return 0 if self.prompt_ids is None else self.prompt_ids.shape[1]
 
     @property
     def active(self) -> bool:

@@ -79,6 +79,7 @@ def tiny_llava(
             num_key_value_heads=num_kv_heads,
             vocab_size=len(tokenizer),
             max_position_embeddings=512,
+            initializer_range=0.2,  # peaked attention, so edits show
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,

@@ -53,7 +53,7 @@ class PAI(Intervention):
     def plan(self, spec: ModelSpec) -> InterventionPlan:
         if self.alpha == 0:
             return InterventionPlan()
-        edit = AttentionEdit(rows="last", logit_bias=partial(_amplify, self.alpha))
+        edit = AttentionEdit(rows="generating", logit_bias=partial(_amplify, self.alpha))
         return InterventionPlan(attention={layer: [edit] for layer in self.layers(spec)})
 
     def logits_processor(self, guard, inputs: dict):

@@ -1,0 +1,166 @@
+"""The fused attention-edit paths against float64 eager math on small random tensors."""
+
+from __future__ import annotations
+
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lvlm_guard.attention import LayerAttention
+from lvlm_guard.attention_math import image_logit_amplification
+from lvlm_guard.edits import AttentionEdit
+from lvlm_guard.state import GuardState
+
+B, H, KV, D = 2, 4, 2, 8
+SCALING = D**-0.5
+
+
+def fake_module(num_kv_groups: int, impl: str = "lvlm_guard_sdpa"):
+    return SimpleNamespace(
+        config=SimpleNamespace(_attn_implementation=impl),
+        scaling=SCALING,
+        num_key_value_groups=num_kv_groups,
+        is_causal=True,
+        training=False,
+        layer_idx=0,
+    )
+
+
+def reference(q, k, v, allowed, bias):
+    """float64 eager attention with an additive bias; returns `[b, q, h, d]`."""
+    group = q.shape[1] // k.shape[1]
+    k = k.double().repeat_interleave(group, dim=1)
+    v = v.double().repeat_interleave(group, dim=1)
+    logits = q.double() @ k.transpose(-1, -2) * SCALING
+    logits = logits + bias(logits)
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    return (torch.softmax(logits, -1) @ v).transpose(1, 2)
+
+
+def pai_bias(alpha, image_keys, rows, heads):
+    def bias(logits):
+        sel = torch.zeros_like(logits, dtype=torch.bool)
+        for r in rows:
+            sel[:, heads, r, :] = True
+        sel &= image_keys[:, None, None, :]
+        return torch.where(sel, alpha * logits.abs(), torch.zeros_like(logits))
+
+    return bias
+
+
+def run(layer, q, k, v, mask):
+    from lvlm_guard.attention import stock_attention_function
+
+    module = fake_module(q.shape[1] // k.shape[1])
+    out, _ = layer(module, q, k, v, mask, stock_attention_function(module), scaling=SCALING)
+    return out
+
+
+def random_case(q_len, k_len, kv_heads=KV):
+    q = torch.randn(B, H, q_len, D)
+    k = torch.randn(B, kv_heads, k_len, D)
+    v = torch.randn(B, kv_heads, k_len, D)
+    image_keys = torch.zeros(B, k_len, dtype=torch.bool)
+    image_keys[:, 2:7] = True
+    image_keys[1, 1] = True
+    return q, k, v, image_keys
+
+
+def causal(q_len, k_len, offset):
+    pos = torch.arange(q_len) + offset
+    return (torch.arange(k_len)[None, :] <= pos[:, None])[None, None].expand(B, 1, q_len, k_len)
+
+
+@pytest.mark.parametrize("kv_heads", [KV, H])
+def test_pai_prefill_edits_only_the_last_row(kv_heads):
+    q, k, v, image_keys = random_case(10, 10, kv_heads)
+    state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 10, dtype=torch.long))
+    edit = AttentionEdit(logit_bias=partial(lambda a, r: image_logit_amplification(r.logits(), r.image_keys, a), 0.7))
+    out = run(LayerAttention(0, [edit], state, H), q, k, v, None)
+    ref = reference(q, k, v, causal(10, 10, 0), pai_bias(0.7, image_keys, [9], list(range(H))))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pai_with_left_padding_mask_and_head_subset():
+    q, k, v, image_keys = random_case(9, 9)
+    allowed = causal(9, 9, 0).clone()
+    allowed[1, :, :, :3] = False  # sequence 1 is left-padded by 3
+    allowed[1, :, :3, :] = False
+    allowed[1, :, torch.arange(3), torch.arange(3)] = True  # padded rows see themselves (finite)
+    state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 9, dtype=torch.long))
+    edit = AttentionEdit(heads=(1, 3), logit_bias=lambda r: image_logit_amplification(r.logits(), r.image_keys, 0.5))
+    out = run(LayerAttention(0, [edit], state, H), q, k, v, allowed)
+    ref = reference(q, k, v, allowed, pai_bias(0.5, image_keys, [8], [1, 3]))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pai_decoding_step_with_static_cache_capacity():
+    """One query against a cache longer than the sequence: masked slots must stay masked."""
+    q, k, v, image_keys = random_case(1, 16)
+    allowed = torch.zeros(B, 1, 1, 16, dtype=torch.bool)
+    allowed[:, :, :, :12] = True
+    state = GuardState(image_keys=image_keys[:, :12], prompt_ids=torch.zeros(B, 10, dtype=torch.long))
+    edit = AttentionEdit(logit_bias=lambda r: image_logit_amplification(r.logits(), r.image_keys, 0.3))
+    out = run(LayerAttention(0, [edit], state, H), q, k, v, allowed)
+    ref = reference(q, k, v, allowed, pai_bias(0.3, torch.cat([image_keys[:, :12], torch.zeros(B, 4, dtype=torch.bool)], 1), [0], list(range(H))))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_static_cache_prefill_without_mask_uses_the_cropped_causal_layout():
+    q, k, v, image_keys = random_case(6, 12)
+    state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 6, dtype=torch.long))
+    edit = AttentionEdit(logit_bias=lambda r: image_logit_amplification(r.logits(), r.image_keys, 0.4))
+    out = run(LayerAttention(0, [edit], state, H), q, k, v, None)
+    ref = reference(q, k, v, causal(6, 12, 0), pai_bias(0.4, image_keys, [5], list(range(H))))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_recomputation_edits_every_generating_row():
+    """Prompt of 7 tokens + 3 generated ones, no cache: rows 6..9 are the generating rows."""
+    q, k, v, image_keys = random_case(10, 10)
+    state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 7, dtype=torch.long))
+    edit = AttentionEdit(logit_bias=lambda r: image_logit_amplification(r.logits(), r.image_keys, 0.6))
+    out = run(LayerAttention(0, [edit], state, H), q, k, v, None)
+    ref = reference(q, k, v, causal(10, 10, 0), pai_bias(0.6, image_keys, [6, 7, 8, 9], list(range(H))))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_post_softmax_reweight_and_composition_with_a_bias():
+    """A reweight (double image mass, renormalise) on heads 0,2 after a bias on all heads."""
+    q, k, v, image_keys = random_case(5, 5)
+    state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 5, dtype=torch.long))
+
+    def double_image(rows, probs):
+        w = probs * (1 + rows.image_keys[:, None, None, :].float())
+        return w / w.sum(-1, keepdim=True)
+
+    edits = [
+        AttentionEdit(logit_bias=lambda r: image_logit_amplification(r.logits(), r.image_keys, 0.2)),
+        AttentionEdit(heads=(0, 2), rows="all", reweight=double_image),
+    ]
+    out = run(LayerAttention(0, edits, state, H), q, k, v, None)
+
+    group = H // KV
+    kk = k.double().repeat_interleave(group, 1)
+    vv = v.double().repeat_interleave(group, 1)
+    logits = q.double() @ kk.transpose(-1, -2) * SCALING
+    logits = logits + pai_bias(0.2, image_keys, [4], list(range(H)))(logits)
+    logits = logits.masked_fill(~causal(5, 5, 0), float("-inf"))
+    p = torch.softmax(logits, -1)
+    w = p * (1 + image_keys[:, None, None, :].double())
+    p[:, [0, 2]] = (w / w.sum(-1, keepdim=True))[:, [0, 2]]
+    ref = (p @ vv).transpose(1, 2)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_no_edit_layer_returns_the_stock_output_unchanged():
+    q, k, v, image_keys = random_case(5, 5)
+    state = GuardState(image_keys=image_keys)
+    from lvlm_guard.attention import stock_attention_function
+
+    module = fake_module(H // KV)
+    plain, _ = stock_attention_function(module)(module, q, k, v, None, scaling=SCALING)
+    guarded = run(LayerAttention(0, [], state, H), q, k, v, None)
+    assert torch.equal(plain, guarded)
