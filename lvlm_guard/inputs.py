@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lvlm_guard.errors import ImageInputError, InputMismatchError
 
-ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
+ImageLike = Image.Image | str | os.PathLike | np.ndarray
 
 
 def load_image(image: ImageLike, *, where: str = "image") -> Image.Image:

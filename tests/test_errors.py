@@ -118,7 +118,7 @@ def test_load_missing_local_dir_and_offline_hub_id(tmp_path, monkeypatch):
     with pytest.raises(lg.ModelNotFoundError, match="no config.json"):
         lg.load(empty)
     with pytest.raises(lg.ModelNotFoundError, match="llava-hf/not-here"):
-        lg.load("llava-hf/not-here")
+        lg.load("llava-hf/not-here", local_files_only=True)
 
 
 def test_load_unsupported_architecture_lists_supported(tmp_path):
