@@ -56,82 +56,69 @@ def guarded_attention_forward(module, query, key, value, attention_mask, **kwarg
 
 
 class LayerAttention:
-    """The edits and taps of one decoder layer, called in place of the stock attention."""
+    """The edits and taps of one decoder layer, called in place of the stock attention.
+
+    Hot paths avoid host-to-device copies and extra kernels: while decoding, an edit that covers
+    every head is one SDPA call with the edit's bias in place of the stock call; at prefill only
+    the generating rows are recomputed and written into the stock output.
+    """
 
     def __init__(self, layer: int, edits: list[AttentionEdit], state: GuardState, num_heads: int) -> None:
         self.layer = layer
         self.edits = edits
         self.state = state
         self.num_heads = num_heads
-        heads = sorted({h for e in edits for h in (e.heads if e.heads is not None else range(num_heads))})
-        self.heads = heads  # union of edited heads
+        self.heads = sorted({h for e in edits for h in (e.heads if e.heads is not None else range(num_heads))})
+        self.all_heads = len(self.heads) == num_heads
+        self.any_reweight = any(e.reweight is not None for e in edits)
+        self._index_cache: dict = {}
 
     def __call__(self, module, query, key, value, attention_mask, stock: Callable, **kwargs):
         state = self.state
         q_len = query.shape[2]
-        edits = list(self.edits) if state.active else []
+        edits = self.edits if state.active else ()
         tap = state.taps is not None and not state.suspended and state.taps.wants_attention(self.layer, q_len)
-        out, weights = stock(module, query, key, value, attention_mask, **kwargs)
         if not edits and not tap:
-            return out, weights
-        batch, k_len = query.shape[0], key.shape[2]
-        group = query.shape[1] // key.shape[1]
-        allowed = am.key_allowed(attention_mask, q_len, k_len, query.device)
-        image_keys = state.image_keys_for(batch, k_len, query.device)
+            return stock(module, query, key, value, attention_mask, **kwargs)
         scaling = kwargs.get("scaling", module.scaling)
+        group = query.shape[1] // key.shape[1]
+        allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
+        image_keys = state.image_keys_for(query.shape[0], key.shape[2], query.device)
+        args = (query, key, value, allowed, image_keys, scaling, group)
+        row_start = self._row_start(edits, q_len) if edits else q_len
+        if edits and row_start == 0 and self.all_heads and not self.any_reweight and not tap:
+            return self._attend_all(edits, *args), None
+        out, weights = stock(module, query, key, value, attention_mask, **kwargs)
         if edits:
-            out = self._apply_edits(edits, query, key, value, allowed, image_keys, scaling, group, out)
+            out = self._patch_rows(edits, *args, row_start, out)
         if tap:
-            all_heads = torch.arange(query.shape[1], device=query.device)
-            rows = torch.arange(q_len, device=query.device)
-            probs = self._edited_probs(
-                edits, query, key, allowed, image_keys, scaling, group, all_heads, rows
-            )
-            state.taps.record_attention(self.layer, probs)
+            heads = self._index(range(query.shape[1]), query.device)
+            state.taps.record_attention(self.layer, self._edited_probs(edits, *args[:2], *args[3:], heads, 0))
         return out, weights
 
-    # --- the edited rows -------------------------------------------------------------------------
-    def _rows(self, edits: list[AttentionEdit], q_len: int, device) -> torch.Tensor:
-        """Query rows to recompute: the generating ones, unless some edit needs all rows."""
-        if q_len == 1:
-            return torch.zeros(1, dtype=torch.long, device=device)
-        if any(e.rows in ("all", "after_image") for e in edits):
-            return torch.arange(q_len, device=device)
+    # --- which rows and heads ----------------------------------------------------------------------
+    def _row_start(self, edits, q_len: int) -> int:
+        """First query row to recompute: the prompt's last token, unless an edit needs every row."""
+        if q_len == 1 or any(e.rows in ("all", "after_image") for e in edits):
+            return 0
         first_generating = self.state.prompt_len - 1 - self.state.query_offset
-        return torch.arange(min(max(first_generating, 0), q_len - 1), q_len, device=device)
+        return min(max(first_generating, 0), q_len - 1)
 
-    def _apply_edits(self, edits, query, key, value, allowed, image_keys, scaling, group, out):
-        rows = self._rows(edits, query.shape[2], query.device)
-        heads = torch.tensor(self.heads, device=query.device)
-        v_sel = am.repeat_kv_heads(value, heads, group)
-        if any(e.reweight is not None for e in edits):
-            probs = self._edited_probs(edits, query, key, allowed, image_keys, scaling, group, heads, rows)
-            new = torch.matmul(probs, v_sel.float()).to(out.dtype)  # [b, h, r, d]
-        else:
-            ctx = self._context(query, key, allowed, image_keys, scaling, group, heads, rows)
-            bias = self._total_bias(edits, ctx, heads)
-            new = am.attend_with_bias(ctx.query, ctx.key, v_sel, ctx.key_allowed, bias, scaling)
-        out = out.clone()
-        out[:, rows[:, None], heads[None, :]] = new.permute(0, 2, 1, 3)
-        return out
+    def _index(self, values, device) -> torch.Tensor:
+        """A cached index tensor on `device` (no host-to-device copy per call)."""
+        key = (tuple(values), device)
+        if key not in self._index_cache:
+            self._index_cache[key] = torch.tensor(key[0], dtype=torch.long, device=device)
+        return self._index_cache[key]
 
-    def _context(self, query, key, allowed, image_keys, scaling, group, heads, rows) -> AttentionRows:
-        allowed_rows = allowed.index_select(2, rows)
-        return AttentionRows(
-            layer=self.layer,
-            query=query.index_select(1, heads).index_select(2, rows),
-            key=am.repeat_kv_heads(key, heads, group),
-            scaling=scaling,
-            image_keys=image_keys,
-            row_positions=am.row_positions(allowed_rows, query.shape[0]),
-            key_allowed=allowed_rows,
-            state=self.state,
-            row_index=rows,
-            decoding=query.shape[2] == 1,
-        )
+    def _head_slots(self, edit: AttentionEdit, device) -> torch.Tensor | None:
+        """Indices of the edit's heads inside the union of edited heads (None: all of them)."""
+        if edit.heads is None or list(edit.heads) == self.heads:
+            return None
+        return self._index([self.heads.index(h) for h in edit.heads], device)
 
     def _row_mask(self, edit: AttentionEdit, ctx: AttentionRows) -> torch.Tensor | None:
-        """`[b, r]` bool of the selected rows this edit applies to; None where it is all of them.
+        """`[b|1, r]` bool of the selected rows this edit applies to; None where it is all of them.
 
         While decoding (one query) every row generates and comes after the image.
         """
@@ -140,46 +127,93 @@ class LayerAttention:
         if edit.rows == "after_image":
             idx = torch.arange(ctx.image_keys.shape[1], device=ctx.image_keys.device)
             last_image = torch.where(ctx.image_keys, idx, -1).amax(-1)  # [b]
-            return ctx.row_positions > last_image[:, None]
-        first = self.state.prompt_len - (1 if edit.rows == "generating" else 0)
-        rows = ctx.row_index + self.state.query_offset >= first  # [r]
-        return rows[None, :].expand_as(ctx.row_positions)
-
-    def _head_slots(self, edit: AttentionEdit) -> torch.Tensor | None:
-        """Indices of the edit's heads inside the union of edited heads (None: all of them)."""
-        if edit.heads is None or list(edit.heads) == self.heads:
+            return ctx.row_positions() > last_image[:, None]
+        first = self.state.prompt_len - (1 if edit.rows == "generating" else 0) - self.state.query_offset
+        if ctx.row_start >= first:
             return None
-        return torch.tensor([self.heads.index(h) for h in edit.heads])
+        rows = torch.arange(ctx.row_start, ctx.row_start + ctx.query.shape[2], device=ctx.query.device)
+        return (rows >= first)[None, :]
 
-    def _total_bias(self, edits, ctx: AttentionRows, heads) -> torch.Tensor:
-        """Sum of every edit's bias over the union block `[b, h, r, k]`, zero outside an edit's reach."""
-        b, h, r, _ = ctx.query.shape
-        total = torch.zeros(b, h, r, ctx.key.shape[2], dtype=torch.float32, device=ctx.query.device)
+    # --- computing the edited attention --------------------------------------------------------------
+    def _context(self, query, key, allowed, image_keys, scaling, group, heads, row_start) -> AttentionRows:
+        if heads is not None:
+            query = query.index_select(1, heads)
+            key = am.repeat_kv_heads(key, heads, group)
+        elif group > 1:
+            key = am.repeat_kv(key, group)
+        return AttentionRows(
+            layer=self.layer,
+            query=query[:, :, row_start:],
+            key=key,
+            scaling=scaling,
+            image_keys=image_keys,
+            key_allowed=None if allowed is None else allowed[:, :, row_start:],
+            row_start=row_start,
+            decoding=query.shape[2] == 1,
+            state=self.state,
+        )
+
+    def _attend_all(self, edits, query, key, value, allowed, image_keys, scaling, group) -> torch.Tensor:
+        """Every row and head edited by biases: one SDPA call replaces the stock one. `[b, q, h, d]`."""
+        ctx = self._context(query, key, allowed, image_keys, scaling, group, None, 0)
+        bias = self._total_bias(edits, ctx)
+        value = am.repeat_kv(value, group) if group > 1 else value
+        out = am.attend_with_bias(ctx.query, ctx.key, value, ctx.key_allowed, bias, scaling)
+        return out.transpose(1, 2).contiguous()
+
+    def _patch_rows(self, edits, query, key, value, allowed, image_keys, scaling, group, row_start, out):
+        """Recompute rows `[row_start, q)` of the edited heads and write them into the stock output."""
+        heads = None if self.all_heads else self._index(self.heads, query.device)
+        if self.any_reweight:
+            probs = self._edited_probs(edits, query, key, allowed, image_keys, scaling, group, heads, row_start)
+            v_sel = value if heads is None and group == 1 else self._values(value, heads, group)
+            new = torch.matmul(probs, v_sel.float()).to(out.dtype)
+        else:
+            ctx = self._context(query, key, allowed, image_keys, scaling, group, heads, row_start)
+            bias = self._total_bias(edits, ctx)
+            new = am.attend_with_bias(ctx.query, ctx.key, self._values(value, heads, group), ctx.key_allowed, bias, scaling)
+        if torch.is_grad_enabled():
+            out = out.clone()
+        new = new.transpose(1, 2)  # [b, r, h, d]
+        if heads is None:
+            out[:, row_start:] = new
+        else:
+            out[:, row_start:, heads] = new
+        return out
+
+    @staticmethod
+    def _values(value, heads, group):
+        if heads is not None:
+            return am.repeat_kv_heads(value, heads, group)
+        return am.repeat_kv(value, group) if group > 1 else value
+
+    def _total_bias(self, edits, ctx: AttentionRows) -> torch.Tensor | None:
+        """Sum of every edit's bias over the block `[b, h, r, k]`, zero outside an edit's reach."""
+        total = None
         for edit in edits:
             if edit.logit_bias is None:
                 continue
-            slots = self._head_slots(edit)
-            bias = edit.logit_bias(ctx if slots is None else ctx.select_heads(slots.to(heads.device)))
+            slots = self._head_slots(edit, ctx.query.device)
+            bias = edit.logit_bias(ctx if slots is None else ctx.select_heads(slots))
             row_mask = self._row_mask(edit, ctx)
             if row_mask is not None:
                 bias = bias * row_mask[:, None, :, None].to(bias.dtype)
-            if slots is None:
-                total = total + bias
-            else:
-                total = total.index_add(1, slots.to(heads.device), bias)
+            if slots is not None:
+                b, h, r, _ = ctx.query.shape
+                full = torch.zeros(b, h, r, ctx.key.shape[2], dtype=bias.dtype, device=bias.device)
+                bias = full.index_add(1, slots, bias)
+            total = bias if total is None else total + bias
         return total
 
-    def _edited_probs(self, edits, query, key, allowed, image_keys, scaling, group, heads, rows):
-        """Post-edit probabilities `[b, len(heads), len(rows), k]` in float32."""
-        ctx = self._context(query, key, allowed, image_keys, scaling, group, heads, rows)
-        bias = self._total_bias(edits, ctx, heads) if edits else None
+    def _edited_probs(self, edits, query, key, allowed, image_keys, scaling, group, heads, row_start):
+        """Post-edit probabilities `[b, len(heads), r, k]` in float32 (reweights and taps)."""
+        ctx = self._context(query, key, allowed, image_keys, scaling, group, heads, row_start)
+        bias = self._total_bias(edits, ctx)
         probs = am.explicit_probs(ctx.query, ctx.key, ctx.key_allowed, bias, scaling)
         for edit in edits:
             if edit.reweight is None:
                 continue
-            slots = self._head_slots(edit)
-            if slots is not None:
-                slots = slots.to(heads.device)
+            slots = self._head_slots(edit, query.device)
             block = probs if slots is None else probs.index_select(1, slots)
             new_block = edit.reweight(ctx if slots is None else ctx.select_heads(slots), block)
             row_mask = self._row_mask(edit, ctx)

@@ -11,16 +11,20 @@ import torch
 import torch.nn.functional as F
 
 
-def key_allowed(attention_mask: torch.Tensor | None, q_len: int, k_len: int, device) -> torch.Tensor:
-    """Boolean `[b|1, 1, q, k]` of the keys each query may attend to.
+def key_allowed(
+    attention_mask: torch.Tensor | None, q_len: int, k_len: int, device
+) -> torch.Tensor | None:
+    """Boolean `[b|1, 1, q, k]` of the keys each query may attend to; None when all keys are allowed.
 
     `None` is what transformers passes when SDPA can use `is_causal`; it then means causal
     attention with the queries at the end of the keys, except for the first prefill into a
     static cache, where SDPA crops the keys to the query length (see `sdpa_attention_forward`).
     """
     if attention_mask is None:
-        effective_k = q_len if (q_len > 1 and k_len > q_len) else k_len
-        query_pos = torch.arange(q_len, device=device) + (effective_k - q_len)
+        if q_len == 1:
+            return None
+        effective_k = q_len if k_len > q_len else k_len
+        query_pos = torch.arange(effective_k - q_len, effective_k, device=device)
         allowed = torch.arange(k_len, device=device)[None, :] <= query_pos[:, None]
         return allowed[None, None]
     if attention_mask.dtype == torch.bool:
@@ -28,12 +32,10 @@ def key_allowed(attention_mask: torch.Tensor | None, q_len: int, k_len: int, dev
     return attention_mask > torch.finfo(attention_mask.dtype).min / 2
 
 
-def row_positions(allowed_rows: torch.Tensor, batch: int) -> torch.Tensor:
-    """Key-space position of every query row `[b, r]`: the last key it may attend to (itself)."""
-    k_len = allowed_rows.shape[-1]
-    idx = torch.arange(k_len, device=allowed_rows.device)
-    pos = torch.where(allowed_rows[:, 0], idx, -1).amax(-1)  # [b|1, r]
-    return pos.expand(batch, -1)
+def repeat_kv(states: torch.Tensor, group: int) -> torch.Tensor:
+    """`[b, kv_h, k, d] -> [b, kv_h * group, k, d]`, each key/value head serving `group` query heads."""
+    b, kv_heads, k, d = states.shape
+    return states[:, :, None].expand(b, kv_heads, group, k, d).reshape(b, kv_heads * group, k, d)
 
 
 def repeat_kv_heads(states: torch.Tensor, heads: torch.Tensor, group: int) -> torch.Tensor:
@@ -45,8 +47,8 @@ def attend_with_bias(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    allowed: torch.Tensor,
-    bias: torch.Tensor,
+    allowed: torch.Tensor | None,
+    bias: torch.Tensor | None,
     scaling: float,
 ) -> torch.Tensor:
     """softmax(q k^T * scaling + bias, masked) v through fused SDPA. Returns `[b, h, r, d]`.
@@ -54,19 +56,24 @@ def attend_with_bias(
     Masked keys get the dtype's minimum rather than -inf so a fully masked (padding) row gives
     a finite result, as transformers' own masks do.
     """
-    neg = torch.finfo(query.dtype).min
-    additive = torch.where(allowed, bias.to(query.dtype), torch.tensor(neg, dtype=query.dtype, device=query.device))
+    if bias is None:
+        additive = None if allowed is None else torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+    else:
+        additive = bias.to(query.dtype)
+    if allowed is not None:
+        additive = additive.masked_fill(~allowed, torch.finfo(query.dtype).min)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=additive, scale=scaling)
 
 
 def explicit_probs(
-    query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor | None, scaling: float
+    query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor | None, bias: torch.Tensor | None, scaling: float
 ) -> torch.Tensor:
     """Post-softmax attention `[b, h, r, k]` in float32 (for reweighting and taps)."""
     logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
     if bias is not None:
         logits = logits + bias
-    logits = logits.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, torch.finfo(torch.float32).min)
     return torch.softmax(logits, dim=-1)
 
 

@@ -34,7 +34,7 @@ RowSelector = Literal["generating", "generated", "after_image", "all"]
 
 @dataclass
 class AttentionRows:
-    """What an attention edit sees: the selected query rows and heads of one layer's call.
+    """What an attention edit sees: query rows `[row_start, q_len)` of the selected heads, one layer.
 
     Shapes: b = batch, h = the edit's heads, r = selected rows, k = key length, d = head dim.
     """
@@ -44,19 +44,35 @@ class AttentionRows:
     key: torch.Tensor  # [b, h, k, d] (key heads already repeated to match query heads)
     scaling: float
     image_keys: torch.Tensor  # [b, k] bool: key is an image token
-    row_positions: torch.Tensor  # [b, r] key-space position of every selected row
-    key_allowed: torch.Tensor  # [b|1, 1, r, k] bool: causal and padding mask
-    state: GuardState
-    row_index: torch.Tensor  # [r] indices of the selected rows among the forward's queries
+    key_allowed: torch.Tensor | None  # [b|1, 1, r, k] bool causal+padding mask; None: all keys
+    row_start: int  # index of the first selected row among the forward's queries
     decoding: bool  # a one-token forward of a decoding step
+    state: GuardState
 
     def select_heads(self, slots: torch.Tensor) -> AttentionRows:
         """The same rows for a subset of the heads (`slots` index this object's head axis)."""
         return replace(self, query=self.query.index_select(1, slots), key=self.key.index_select(1, slots))
 
+    def dot_products(self) -> torch.Tensor:
+        """Unscaled q.k in the inputs' dtype, `[b, h, r, k]` (what fused kernels also compute)."""
+        return torch.matmul(self.query, self.key.transpose(-1, -2))
+
     def logits(self) -> torch.Tensor:
         """Scaled dot products in float32, `[b, h, r, k]` (the pre-softmax scores, unmasked)."""
         return torch.matmul(self.query.float(), self.key.float().transpose(-1, -2)) * self.scaling
+
+    def image_key_weights(self, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+        """`[b, 1, 1, k]`: `scale` on image keys, 0 elsewhere (cached for the step's other layers)."""
+        return self.state.image_key_weights(self.image_keys, dtype, scale)
+
+    def row_positions(self) -> torch.Tensor:
+        """`[b, r]` cache position of every selected row (the last key it may attend to)."""
+        b, _, r, _ = self.query.shape
+        k = self.key.shape[2]
+        if self.key_allowed is None:
+            return torch.full((b, r), k - 1, device=self.query.device)
+        idx = torch.arange(k, device=self.query.device)
+        return torch.where(self.key_allowed[:, 0], idx, -1).amax(-1).expand(b, r)
 
 
 #: pre-softmax: returns an additive bias `[b, h, r, k]` (float32)

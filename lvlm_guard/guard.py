@@ -116,7 +116,7 @@ class Guard:
             self._original_attn = None
         if getattr(self.model, MODEL_ATTR, None) is self:
             delattr(self.model, MODEL_ATTR)
-        self.state.image_keys = None
+        self.state.set_image_keys(None)
         self.state.prompt_ids = None
 
     @contextmanager
@@ -190,7 +190,7 @@ class Guard:
         elif not _extends(input_ids, state.prompt_ids):
             state.prompt_ids = input_ids
         state.query_offset = seen
-        state.image_keys = image_keys
+        state.set_image_keys(image_keys)
         return None
 
     def _head_output_hook(self, layer: int, edits: list[HeadOutputEdit]):

@@ -27,6 +27,11 @@ class GuardState:
     query_offset: int = 0  # cache slot of the first query of the last multi-token forward
     taps: Taps | None = None
     scratch: dict[str, Any] = field(default_factory=dict)  # per-method data (e.g. sink tokens)
+    _weights: dict = field(default_factory=dict, repr=False)  # image_key_weights cache, one key length
+
+    def set_image_keys(self, image_keys: torch.Tensor) -> None:
+        self.image_keys = image_keys
+        self._weights.clear()
 
     @property
     def prompt_len(self) -> int:
@@ -47,3 +52,15 @@ class GuardState:
             keys = torch.cat([keys, pad], dim=1)
             self.image_keys = keys
         return keys[:, :k_len]
+
+    def image_key_weights(self, image_keys: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+        """`[b, 1, 1, k]` with `scale` at image keys; built once per decoding step, not per layer."""
+        if torch.compiler.is_compiling():  # inductor fuses it; a Python cache would only add guards
+            return (image_keys.to(dtype) * scale)[:, None, None, :]
+        key = (image_keys.shape[1], dtype, scale)
+        cached = self._weights.get(key)
+        if cached is None:
+            if self._weights and next(iter(self._weights))[0] != key[0]:
+                self._weights.clear()  # the cache grew: weights of the old length are dead
+            cached = self._weights[key] = (image_keys.to(dtype) * scale)[:, None, None, :]
+        return cached

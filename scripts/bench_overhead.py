@@ -74,7 +74,7 @@ def llava_1_5_7b_config() -> LlavaConfig:
 def build_model(device: str, smoke: bool = False) -> LlavaForConditionalGeneration:
     config = llava_1_5_7b_config()
     if smoke:  # same code paths, small shapes: check the script before spending minutes on it
-        config.text_config.num_hidden_layers = 2
+        config.text_config.num_hidden_layers = 4
         config.vision_config.num_hidden_layers = 2
     torch.manual_seed(0)
     with torch.device(device):
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-static-cfg", action="store_true")
     parser.add_argument("--quant", action="store_true", help="also benchmark the 4-bit bitsandbytes path")
     parser.add_argument("--tmp", default=None, help="where to save the random model for --quant")
-    parser.add_argument("--smoke", action="store_true", help="2-layer model, to check the script quickly")
+    parser.add_argument("--smoke", action="store_true", help="4-layer model, to check the script quickly")
     args = parser.parse_args(argv)
     torch._dynamo.config.cache_size_limit = 64
     results = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +10,8 @@ import torch
 from lvlm_guard.attention import LayerAttention
 from lvlm_guard.attention_math import image_logit_amplification
 from lvlm_guard.edits import AttentionEdit
+from lvlm_guard.methods import PAI
+from lvlm_guard.models import ModelSpec
 from lvlm_guard.state import GuardState
 
 B, H, KV, D = 2, 4, 2, 8
@@ -50,6 +51,12 @@ def pai_bias(alpha, image_keys, rows, heads):
     return bias
 
 
+def pai_edit(alpha: float) -> AttentionEdit:
+    """The edit the real PAI plans (its fast bias), for a one-layer model of this test's shape."""
+    (edit,) = PAI(alpha=alpha, start_layer=0, gamma=None).plan(ModelSpec(1, H, KV, D, H * D)).attention[0]
+    return edit
+
+
 def run(layer, q, k, v, mask):
     from lvlm_guard.attention import stock_attention_function
 
@@ -77,7 +84,7 @@ def causal(q_len, k_len, offset):
 def test_pai_prefill_edits_only_the_last_row(kv_heads):
     q, k, v, image_keys = random_case(10, 10, kv_heads)
     state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 10, dtype=torch.long))
-    edit = AttentionEdit(logit_bias=partial(lambda a, r: image_logit_amplification(r.logits(), r.image_keys, a), 0.7))
+    edit = pai_edit(0.7)
     out = run(LayerAttention(0, [edit], state, H), q, k, v, None)
     ref = reference(q, k, v, causal(10, 10, 0), pai_bias(0.7, image_keys, [9], list(range(H))))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
@@ -102,16 +109,25 @@ def test_pai_decoding_step_with_static_cache_capacity():
     allowed = torch.zeros(B, 1, 1, 16, dtype=torch.bool)
     allowed[:, :, :, :12] = True
     state = GuardState(image_keys=image_keys[:, :12], prompt_ids=torch.zeros(B, 10, dtype=torch.long))
-    edit = AttentionEdit(logit_bias=lambda r: image_logit_amplification(r.logits(), r.image_keys, 0.3))
+    edit = pai_edit(0.3)
     out = run(LayerAttention(0, [edit], state, H), q, k, v, allowed)
     ref = reference(q, k, v, allowed, pai_bias(0.3, torch.cat([image_keys[:, :12], torch.zeros(B, 4, dtype=torch.bool)], 1), [0], list(range(H))))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pai_decoding_step_without_mask_uses_every_key():
+    q, k, v, image_keys = random_case(1, 11)
+    state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 10, dtype=torch.long))
+    out = run(LayerAttention(0, [pai_edit(0.5)], state, H), q, k, v, None)
+    allowed = torch.ones(B, 1, 1, 11, dtype=torch.bool)
+    ref = reference(q, k, v, allowed, pai_bias(0.5, image_keys, [0], list(range(H))))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_static_cache_prefill_without_mask_uses_the_cropped_causal_layout():
     q, k, v, image_keys = random_case(6, 12)
     state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 6, dtype=torch.long))
-    edit = AttentionEdit(logit_bias=lambda r: image_logit_amplification(r.logits(), r.image_keys, 0.4))
+    edit = pai_edit(0.4)
     out = run(LayerAttention(0, [edit], state, H), q, k, v, None)
     ref = reference(q, k, v, causal(6, 12, 0), pai_bias(0.4, image_keys, [5], list(range(H))))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
@@ -121,7 +137,7 @@ def test_recomputation_edits_every_generating_row():
     """Prompt of 7 tokens + 3 generated ones, no cache: rows 6..9 are the generating rows."""
     q, k, v, image_keys = random_case(10, 10)
     state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 7, dtype=torch.long))
-    edit = AttentionEdit(logit_bias=lambda r: image_logit_amplification(r.logits(), r.image_keys, 0.6))
+    edit = pai_edit(0.6)
     out = run(LayerAttention(0, [edit], state, H), q, k, v, None)
     ref = reference(q, k, v, causal(10, 10, 0), pai_bias(0.6, image_keys, [6, 7, 8, 9], list(range(H))))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from lvlm_guard.attention_math import image_logit_amplification
 from lvlm_guard.contrastive import ImageFreeContrast
 from lvlm_guard.edits import AttentionEdit, AttentionRows, InterventionPlan
 from lvlm_guard.errors import InterventionConfigError
@@ -22,7 +21,9 @@ from lvlm_guard.models.base import ModelSpec
 
 
 def _amplify(alpha: float, rows: AttentionRows):
-    return image_logit_amplification(rows.logits(), rows.image_keys, alpha)
+    """`alpha * |s|` on image keys, with s = scaling * q.k: three small kernels per layer."""
+    dots = rows.dot_products()
+    return dots.abs_().mul_(rows.image_key_weights(dots.dtype, alpha * rows.scaling))
 
 
 @register_method
