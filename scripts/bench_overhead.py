@@ -172,9 +172,11 @@ def bench_generation(model, args, results: dict) -> None:
             inputs = make_inputs(batch, "cuda")
             modes = [m for m in args.modes if not (m == "pai_cfg" and cache == "static" and args.skip_static_cfg)]
             tokens: dict[str, torch.Tensor] = {}
-            for mode in modes:  # warm-up (and compile, for the static cache)
+            # warm-up; the static cache compiles for its exact length, so it warms at full length
+            warm_tokens = args.new_tokens if cache == "static" else min(args.warm_tokens, args.new_tokens)
+            for mode in modes:
                 start = time.perf_counter()
-                _, _, tokens[mode] = run_generate(model, inputs, mode, None, args.new_tokens, cache)
+                _, _, tokens[mode] = run_generate(model, inputs, mode, None, warm_tokens, cache)
                 print(f"[warm] {cache} b{batch} {mode}: {time.perf_counter() - start:.1f}s", flush=True)
             reps: dict[str, list[float]] = {m: [] for m in modes}
             peaks: dict[str, int] = {}
@@ -252,6 +254,7 @@ def bench_quantized(model, args, results: dict) -> None:
         type(m).__name__ for m in quantized.model.multi_modal_projector.modules()
     }
     entry = {
+        "new_tokens": args.quant_new_tokens,
         "footprint_gib_bf16": bf16_bytes / 2**30,
         "footprint_gib_4bit": quantized.get_memory_footprint() / 2**30,
         "vision_and_projector_unquantized": not any("4bit" in k for k in kinds),
@@ -263,8 +266,8 @@ def bench_quantized(model, args, results: dict) -> None:
         run_generate(quantized, inputs, mode, None, 32, "dynamic")
     for _ in range(args.reps):
         for mode in reps:
-            seconds, peak, _ = run_generate(quantized, inputs, mode, None, args.new_tokens, "dynamic")
-            reps[mode].append(args.new_tokens / seconds)
+            seconds, peak, _ = run_generate(quantized, inputs, mode, None, args.quant_new_tokens, "dynamic")
+            reps[mode].append(args.quant_new_tokens / seconds)
             entry[f"peak_memory_gib_{mode}"] = peak / 2**30
     for mode, values in reps.items():
         entry[f"tokens_per_s_median_{mode}"] = statistics.median(values)
@@ -296,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--warm-tokens", type=int, default=16, help="warm-up length for the dynamic cache")
+    parser.add_argument("--quant-new-tokens", type=int, default=64)
     parser.add_argument("--prefill-reps", type=int, default=5)
     parser.add_argument("--skip-prefill", action="store_true")
     parser.add_argument("--skip-generation", action="store_true")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from lvlm_guard.models import llava  # noqa: F401  (registers itself)
+from lvlm_guard.models import (
+    idefics3,  # noqa: F401  (registers itself)
+    llava,  # noqa: F401  (registers itself)
+    llava_next,  # noqa: F401  (registers itself)
+    qwen2_vl,  # noqa: F401  (registers itself)
+)
 from lvlm_guard.models.base import ImageSpan, ModelAdapter, ModelSpec
 from lvlm_guard.models.registry import (
     adapter_class_for_architecture,

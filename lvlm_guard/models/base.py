@@ -157,11 +157,19 @@ class ModelAdapter:
         return processor(images=flat or None, text=texts, padding=True, return_tensors="pt")
 
     def text_only_inputs(self, processor, prompts: list[str], device) -> dict[str, torch.Tensor]:
-        """Inputs for the same prompts with no image (the image-free branch of contrastive methods)."""
+        """Inputs for the same prompts with no image (the image-free branch of contrastive methods).
+
+        Left-padded, so that the last column is every prompt's last token, and tokenized by
+        `processor_inputs` like the image branch (same special tokens, same extra inputs).
+        """
         texts = [self.chat_prompt(processor, p.replace(self.image_placeholder, ""), 0) for p in prompts]
-        tok = processor.tokenizer
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        tokenizer = processor.tokenizer
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            enc = self.processor_inputs(processor, [[] for _ in prompts], texts)
+        finally:
+            tokenizer.padding_side = side
+        return {k: v.to(device) for k, v in enc.items() if isinstance(v, torch.Tensor)}
 
 
 def _runs_of_true(row: list[bool]) -> list[ImageSpan]:

@@ -12,7 +12,8 @@ from lvlm_guard.models.registry import register_adapter
 class LlavaAdapter(ModelAdapter):
     family = "llava"
     architectures = ("LlavaForConditionalGeneration",)
-    unquantized_modules = ("vision_tower", "multi_modal_projector", "lm_head")
+    # transformers matches these from the start of the module path (or as its suffix)
+    unquantized_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 
     def tokens_per_image(self, input_ids: torch.Tensor) -> int | None:
         """(image_size / patch_size)^2, plus CLS when the 'full' feature strategy keeps it."""
