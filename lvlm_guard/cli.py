@@ -1,0 +1,127 @@
+"""The `lvlm-guard` command line.
+
+    lvlm-guard generate --image cat.jpg --prompt "Describe the image." --guard pai
+    lvlm-guard eval pope --model tiny-coco --grid none,pai --out runs/pope
+    lvlm-guard list
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lvlm_guard.errors import GuardError
+
+DEFAULT_MODEL = "tiny-coco"
+
+
+class LoadedModels:
+    """Loads each model once per process; evals of several guards share it."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, tuple] = {}
+
+    def get(self, model: str, **load_options):
+        from lvlm_guard.loading import load
+
+        key = (model, tuple(sorted((k, str(v)) for k, v in load_options.items())))
+        if key not in self._models:
+            self._models[key] = load(model, **load_options)
+        return self._models[key]
+
+
+_LOADED = LoadedModels()
+
+
+def make_answer_fn(model: str, guard: str, device: str | None = None, **load_options):
+    """An eval AnswerFn: batched guarded generation with `guard` (a spec such as `pai,var`).
+
+    The guard is attached for each batch and detached after it, so several configurations can
+    share one loaded model in a grid.
+    """
+    import torch
+
+    from lvlm_guard.guard import attach
+    from lvlm_guard.methods import parse_guard_spec
+
+    interventions = parse_guard_spec(guard)
+    if device is not None:
+        load_options.setdefault("device_map", device)
+    load_options.setdefault("dtype", "bfloat16" if torch.cuda.is_available() else "float32")
+    loaded_model, processor = _LOADED.get(model, **load_options)
+
+    def answer(images, prompts, max_new_tokens):
+        g = attach(loaded_model, processor, interventions)
+        try:
+            return g.generate(images=images, prompts=prompts, max_new_tokens=max_new_tokens).texts
+        finally:
+            g.detach()
+
+    return answer
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from lvlm_guard.guard import attach
+    from lvlm_guard.loading import load
+    from lvlm_guard.methods import parse_guard_spec
+
+    model, processor = load(args.model, dtype=args.dtype, device_map=args.device_map)
+    guard = attach(model, processor, parse_guard_spec(args.guard))
+    images = [args.image] * len(args.prompt)
+    guarded = guard.generate(images, args.prompt, max_new_tokens=args.max_new_tokens)
+    with guard.disabled():
+        plain = guard.generate(images, args.prompt, max_new_tokens=args.max_new_tokens)
+    for prompt, g, p in zip(args.prompt, guarded.texts, plain.texts):
+        print(f"prompt:    {prompt}\nunguarded: {p}\nguarded:   {g}  [{args.guard}]\n")
+    guard.detach()
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from lvlm_guard.methods import available_methods
+    from lvlm_guard.models import supported_architectures
+
+    print("guards:", ", ".join(available_methods()))
+    print("architectures:", ", ".join(supported_architectures()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lvlm-guard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="answer prompts about one image, guarded and unguarded side by side")
+    gen.add_argument("--model", default=DEFAULT_MODEL)
+    gen.add_argument("--image", required=True)
+    gen.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    gen.add_argument("--guard", default="pai", help="guard spec, e.g. pai, 'pai:alpha=0.5'")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--dtype", default="float32")
+    gen.add_argument("--device-map", default=None)
+    gen.set_defaults(func=_generate)
+
+    lst = sub.add_parser("list", help="available guards and supported architectures")
+    lst.set_defaults(func=_list)
+
+    try:
+        from evals.cli import add_eval_subcommand
+    except ImportError:  # evals is part of the package; only a broken install lacks it
+        pass
+    else:
+        add_eval_subcommand(sub, make_answer_fn)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except GuardError as exc:
+        print(f"lvlm-guard: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
