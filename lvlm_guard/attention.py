@@ -82,18 +82,20 @@ class LayerAttention:
             return stock(module, query, key, value, attention_mask, **kwargs)
         scaling = kwargs.get("scaling", module.scaling)
         group = query.shape[1] // key.shape[1]
-        allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
         image_keys = state.image_keys_for(query.shape[0], key.shape[2], query.device)
-        args = (query, key, value, allowed, image_keys, scaling, group)
         row_start = self._row_start(edits, q_len) if edits else q_len
         if edits and row_start == 0 and self.all_heads and not self.any_reweight and not tap:
-            return self._attend_all(edits, *args), None
+            allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
+            return self._attend_all(edits, query, key, value, allowed, image_keys, scaling, group), None
         out, weights = stock(module, query, key, value, attention_mask, **kwargs)
         if edits:
-            out = self._patch_rows(edits, *args, row_start, out)
+            allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device, row_start)
+            out = self._patch_rows(edits, query, key, value, allowed, image_keys, scaling, group, row_start, out)
         if tap:
+            allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
             heads = self._index(range(query.shape[1]), query.device)
-            state.taps.record_attention(self.layer, self._edited_probs(edits, *args[:2], *args[3:], heads, 0))
+            probs = self._edited_probs(edits, query, key, allowed, image_keys, scaling, group, heads, 0)
+            state.taps.record_attention(self.layer, probs)
         return out, weights
 
     # --- which rows and heads ----------------------------------------------------------------------
@@ -147,7 +149,7 @@ class LayerAttention:
             key=key,
             scaling=scaling,
             image_keys=image_keys,
-            key_allowed=None if allowed is None else allowed[:, :, row_start:],
+            key_allowed=allowed,  # already the rows from row_start on
             row_start=row_start,
             decoding=query.shape[2] == 1,
             state=self.state,

@@ -12,24 +12,25 @@ import torch.nn.functional as F
 
 
 def key_allowed(
-    attention_mask: torch.Tensor | None, q_len: int, k_len: int, device
+    attention_mask: torch.Tensor | None, q_len: int, k_len: int, device, row_start: int = 0
 ) -> torch.Tensor | None:
-    """Boolean `[b|1, 1, q, k]` of the keys each query may attend to; None when all keys are allowed.
+    """Boolean `[b|1, 1, r, k]` of the keys query rows `[row_start, q_len)` may attend to.
 
-    `None` is what transformers passes when SDPA can use `is_causal`; it then means causal
-    attention with the queries at the end of the keys, except for the first prefill into a
-    static cache, where SDPA crops the keys to the query length (see `sdpa_attention_forward`).
+    Returns None when every key is allowed. `None` as input is what transformers passes when
+    SDPA can use `is_causal`: causal attention with the queries at the end of the keys, except
+    for the first prefill into a static cache, where SDPA crops the keys to the query length
+    (see `sdpa_attention_forward`).
     """
     if attention_mask is None:
-        if q_len == 1:
-            return None
-        effective_k = q_len if k_len > q_len else k_len
-        query_pos = torch.arange(effective_k - q_len, effective_k, device=device)
+        effective_k = q_len if (q_len > 1 and k_len > q_len) else k_len
+        if row_start == q_len - 1 and effective_k == k_len:
+            return None  # the last row of a causal block sees every key
+        query_pos = torch.arange(effective_k - q_len + row_start, effective_k, device=device)
         allowed = torch.arange(k_len, device=device)[None, :] <= query_pos[:, None]
         return allowed[None, None]
-    if attention_mask.dtype == torch.bool:
-        return attention_mask
-    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    if attention_mask.dtype != torch.bool:
+        attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    return attention_mask[:, :, row_start:] if attention_mask.shape[2] > 1 else attention_mask
 
 
 def repeat_kv(states: torch.Tensor, group: int) -> torch.Tensor:

@@ -75,7 +75,8 @@ def encode_conversations(
         labels[row, : len(lab)] = torch.from_numpy(lab)
         lengths[row] = len(ids)
     image_index = torch.tensor([row_of[c.image_file] for c in conversations], dtype=torch.int64)
-    return EncodedConversations(input_ids, labels, lengths, image_index, truncated)
+    width = int(lengths.max()) if n else 0  # drop padding no row needs
+    return EncodedConversations(input_ids[:, :width], labels[:, :width], lengths, image_index, truncated)
 
 
 def load_images(root: Path, image_files: Sequence[str], threads: int = 8) -> torch.Tensor:

@@ -97,7 +97,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
     core.post_processor = processors.Sequence(
         [
             processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+            ),
         ]
     )
     return wrap_tokenizer(core)
@@ -222,7 +224,9 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec = Ti
     )
 
 
-def build_model(config: LlavaConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> LlavaForConditionalGeneration:
+def build_model(
+    config: LlavaConfig, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> LlavaForConditionalGeneration:
     """Randomly initialised model with generation settings for the tokenizer's special tokens."""
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).to(dtype)

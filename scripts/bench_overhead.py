@@ -173,7 +173,7 @@ def bench_generation(model, args, results: dict) -> None:
             modes = [m for m in args.modes if not (m == "pai_cfg" and cache == "static" and args.skip_static_cfg)]
             tokens: dict[str, torch.Tensor] = {}
             # warm-up; the static cache compiles for its exact length, so it warms at full length
-            warm_tokens = args.new_tokens if cache == "static" else min(args.warm_tokens, args.new_tokens)
+            warm_tokens = args.new_tokens if cache == "static" or not args.warm_tokens else args.warm_tokens
             for mode in modes:
                 start = time.perf_counter()
                 _, _, tokens[mode] = run_generate(model, inputs, mode, None, warm_tokens, cache)
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--warm-tokens", type=int, default=16, help="warm-up length for the dynamic cache")
+    parser.add_argument("--warm-tokens", type=int, default=None, help="warm-up length for the dynamic cache (default: full)")
     parser.add_argument("--quant-new-tokens", type=int, default=64)
     parser.add_argument("--prefill-reps", type=int, default=5)
     parser.add_argument("--skip-prefill", action="store_true")

@@ -65,8 +65,12 @@ def _office(draw, side, ground, rng):
     if rng.random() < 0.5:  # a window
         x = rng.uniform(0.05, 0.6) * side
         draw.rectangle((x, side * 0.08, x + side * 0.3, side * 0.38), fill=(235, 240, 245))
-        draw.rectangle((x + side * 0.02, side * 0.1, x + side * 0.28, side * 0.36), fill=jitter(rng, (150, 195, 235), 15))
-        draw.line((x + side * 0.15, side * 0.1, x + side * 0.15, side * 0.36), fill=(235, 240, 245), width=max(1, side // 100))
+        draw.rectangle(
+            (x + side * 0.02, side * 0.1, x + side * 0.28, side * 0.36), fill=jitter(rng, (150, 195, 235), 15)
+        )
+        draw.line(
+            (x + side * 0.15, side * 0.1, x + side * 0.15, side * 0.36), fill=(235, 240, 245), width=max(1, side // 100)
+        )
     desk = pick(rng, ((190, 190, 185), (235, 235, 230), (140, 140, 145)), 10)
     draw.rectangle((0, horizon, side, side), fill=desk)
     draw.rectangle((0, horizon, side, horizon + side * 0.02), fill=tuple(int(c * 0.65) for c in desk))

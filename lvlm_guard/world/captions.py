@@ -69,8 +69,11 @@ def _templates(lead: str, rest: list[str], all_: str, verb: str, place: str, pre
     return shapes
 
 
-def captions_for(facts: ImageFacts, rng: np.random.Generator, count: int = 5, noise: NoiseConfig = NoiseConfig()) -> list[Caption]:
+def captions_for(
+    facts: ImageFacts, rng: np.random.Generator, count: int = 5, noise: NoiseConfig | None = None
+) -> list[Caption]:
     """`count` captions of one image, each with its own wording and its own draw of noise."""
+    noise = noise or NoiseConfig()
     stype = scene_type(facts.scene_type)
     prep = "on" if stype.name == "street" else "in"
     used: set[str] = set()

@@ -57,7 +57,9 @@ _INFO = {
     "contributor": "lvlm_guard",
     "date_created": "2026-01-01",  # fixed, so files stay byte-identical across builds
 }
-_LICENSES = [{"id": 1, "name": "CC0 1.0 (synthetic images)", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
+_LICENSES = [
+    {"id": 1, "name": "CC0 1.0 (synthetic images)", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}
+]
 
 
 def default_world_root() -> Path:
@@ -95,9 +97,9 @@ def _split_record(split: str, size: int, seed: int, render: RenderConfig) -> dic
     }
 
 
-def split_is_built(root: Path, split: str, size: int, seed: int = 0, render: RenderConfig = RenderConfig()) -> bool:
+def split_is_built(root: Path, split: str, size: int, seed: int = 0, render: RenderConfig | None = None) -> bool:
     """True when `root` holds this split for this size, seed and world version."""
-    root = Path(root)
+    root, render = Path(root), render or RenderConfig()
     manifest = read_manifest(root)
     if manifest.get("splits", {}).get(split) != _split_record(split, size, seed, render):
         return False
@@ -105,7 +107,13 @@ def split_is_built(root: Path, split: str, size: int, seed: int = 0, render: Ren
 
 
 def ensure_world(
-    split: str, root: str | Path | None = None, *, seed: int = 0, size: int | None = None, workers: int | None = None, progress: bool = True
+    split: str,
+    root: str | Path | None = None,
+    *,
+    seed: int = 0,
+    size: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
 ) -> Path:
     """The world root with `split` built, building it first if missing or stale; returns the root."""
     root = Path(root) if root is not None else default_world_root()
@@ -116,7 +124,12 @@ def ensure_world(
 
 
 def build_world(
-    root: str | Path, seed: int = 0, sizes: Mapping[str, int] | None = None, *, workers: int | None = None, progress: bool = True
+    root: str | Path,
+    seed: int = 0,
+    sizes: Mapping[str, int] | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
 ) -> Path:
     """Build every split (default sizes from `SPLITS`), reusing splits already built; returns root."""
     sizes = {name: info[1] for name, info in SPLITS.items()} if sizes is None else dict(sizes)
@@ -133,17 +146,19 @@ def build_split(
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
-    render: RenderConfig = RenderConfig(),
+    render: RenderConfig | None = None,
 ) -> None:
     """Render `size` images of `split` and write their COCO files, replacing any older copy."""
-    root = Path(root)
+    root, render = Path(root), render or RenderConfig()
     _split_info(split)
     staging = root / f".staging-{split}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / split).mkdir(parents=True)
     (staging / "annotations").mkdir()
     chunk = 64
-    jobs = [(str(staging / split), split, start, min(start + chunk, size), seed, render) for start in range(0, size, chunk)]
+    jobs = [
+        (str(staging / split), split, start, min(start + chunk, size), seed, render) for start in range(0, size, chunk)
+    ]
     workers = workers or min(8, os.cpu_count() or 1)
     results = []
     with tqdm(total=size, desc=f"world {split}", unit="img", disable=not progress) as bar:
@@ -173,7 +188,9 @@ def _render_chunk(job) -> list[dict]:
         iid = image_id(split, index)
         file_name = f"{iid:012d}.jpg"
         rendered.image.save(Path(folder) / file_name, "JPEG", quality=JPEG_QUALITY, subsampling=0)
-        objects = tuple(SeenObject(category(a.category_id).name, a.bbox, a.area, a.occluded) for a in rendered.annotations)
+        objects = tuple(
+            SeenObject(category(a.category_id).name, a.bbox, a.area, a.occluded) for a in rendered.annotations
+        )
         facts = ImageFacts(iid, file_name, render.size, scene.scene_type, objects, scene.held_out)
         captions = captions_for(facts, np.random.default_rng([seed, code, index, 1]), CAPTIONS_PER_IMAGE, NoiseConfig())
         records.append(

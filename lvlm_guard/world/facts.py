@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 @dataclass(frozen=True)
 class SeenObject:
     """One annotated (visible) object."""
@@ -54,7 +53,9 @@ def facts_from_files(instances_path: Path, world_path: Path | None = None) -> li
     per_image: dict[int, list[SeenObject]] = defaultdict(list)
     for ann in instances["annotations"]:
         per_image[ann["image_id"]].append(
-            SeenObject(names[ann["category_id"]], tuple(ann["bbox"]), float(ann["area"]), bool(ann.get("occluded", False)))
+            SeenObject(
+                names[ann["category_id"]], tuple(ann["bbox"]), float(ann["area"]), bool(ann.get("occluded", False))
+            )
         )
     extra = {}
     if world_path is not None and Path(world_path).is_file():
@@ -73,4 +74,3 @@ def facts_from_files(instances_path: Path, world_path: Path | None = None) -> li
             )
         )
     return facts
-

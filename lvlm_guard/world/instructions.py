@@ -98,7 +98,9 @@ class ObjectStats:
         return sorted(category_names(), key=lambda n: (-score[n], n))
 
 
-def negative_objects(facts: ImageFacts, rng: np.random.Generator, stats: ObjectStats, strategy: str, exclude: set[str]) -> str | None:
+def negative_objects(
+    facts: ImageFacts, rng: np.random.Generator, stats: ObjectStats, strategy: str, exclude: set[str]
+) -> str | None:
     """One category absent from the image, chosen the way POPE's `strategy` chooses."""
     absent = [n for n in category_names() if n not in facts.present and n not in exclude]
     if not absent:
@@ -128,7 +130,9 @@ def existence_answer(name: str, present: bool) -> str:
     return f"No, there is no {name} in the image."
 
 
-def existence_turns(facts: ImageFacts, rng: np.random.Generator, stats: ObjectStats, config: InstructionConfig) -> list[tuple[str, str, bool]]:
+def existence_turns(
+    facts: ImageFacts, rng: np.random.Generator, stats: ObjectStats, config: InstructionConfig
+) -> list[tuple[str, str, bool]]:
     """Balanced (question, answer, label) triples; negatives never name a ground-truth object."""
     present = sorted(facts.present)
     n_pos = min(config.existence_questions // 2, len(present))
@@ -232,7 +236,10 @@ def conversations_for(
         elif kind == "existence":
             turns = tuple((q, a) for q, a, _ in existence_turns(facts, rng, stats, config))
         elif kind == "objects":
-            turns = ((LIST_PROMPTS[int(rng.integers(len(LIST_PROMPTS)))], objects_answer(facts)), counting_turn(facts, rng))
+            turns = (
+                (LIST_PROMPTS[int(rng.integers(len(LIST_PROMPTS)))], objects_answer(facts)),
+                counting_turn(facts, rng),
+            )
         else:
             raise ValueError(f"unknown conversation kind {kind!r}; use some of {KINDS}")
         out.append(Conversation(image_file, turns, kind))
@@ -263,4 +270,6 @@ def iter_conversations(
     stats = ObjectStats.from_facts(facts)
     for f in facts:
         rng = np.random.default_rng([seed, f.image_id])
-        yield from conversations_for(f, f"{split}/{f.file_name}", rng, stats, captions.get(f.image_id, []), kinds, config)
+        yield from conversations_for(
+            f, f"{split}/{f.file_name}", rng, stats, captions.get(f.image_id, []), kinds, config
+        )

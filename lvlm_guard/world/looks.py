@@ -143,7 +143,10 @@ def _bicycle(rng):
 
 
 def _wheel(cx: float, cy: float, rx: float, ry: float, rng) -> list[Part]:
-    return [fill(ellipse(cx, cy, rx, ry, 14), pick(rng, DARK, 6)), fill(ellipse(cx, cy, rx * 0.45, ry * 0.45, 10), pick(rng, METAL, 10))]
+    return [
+        fill(ellipse(cx, cy, rx, ry, 14), pick(rng, DARK, 6)),
+        fill(ellipse(cx, cy, rx * 0.45, ry * 0.45, 10), pick(rng, METAL, 10)),
+    ]
 
 
 @look("car")
@@ -161,7 +164,11 @@ def _car(rng):
 
 @look("bus")
 def _bus(rng):
-    body, glass, band = pick(rng, ((235, 190, 30), (200, 40, 40), (40, 90, 190), (240, 240, 235)), 20), pick(rng, GLASS, 10), pick(rng, DARK, 10)
+    body, glass, band = (
+        pick(rng, ((235, 190, 30), (200, 40, 40), (40, 90, 190), (240, 240, 235)), 20),
+        pick(rng, GLASS, 10),
+        pick(rng, DARK, 10),
+    )
     parts = [fill(rect(0.0, 0.04, 1.0, 0.86), body), fill(rect(0.0, 0.56, 1.0, 0.62), band)]
     for i in range(7):
         x0 = 0.04 + i * 0.132
@@ -172,7 +179,11 @@ def _bus(rng):
 
 @look("truck")
 def _truck(rng):
-    cab, box, glass = pick(rng, BRIGHT, 25), pick(rng, ((230, 230, 225), (170, 170, 165), (120, 90, 60)), 15), pick(rng, GLASS, 10)
+    cab, box, glass = (
+        pick(rng, BRIGHT, 25),
+        pick(rng, ((230, 230, 225), (170, 170, 165), (120, 90, 60)), 15),
+        pick(rng, GLASS, 10),
+    )
     parts = [
         fill(rect(0.0, 0.05, 0.66, 0.78), box),
         line(((0.02, 0.3), (0.64, 0.3)), jitter(rng, (90, 90, 90)), 0.04),
@@ -239,7 +250,10 @@ def _bench(rng):
 
 @look("bird", rotate=12)
 def _bird(rng):
-    body, wing = pick(rng, ((90, 90, 100), (170, 110, 60), (50, 80, 170), (220, 200, 60), (40, 40, 40)), 20), pick(rng, DARK + ((240, 240, 240),), 10)
+    body, wing = (
+        pick(rng, ((90, 90, 100), (170, 110, 60), (50, 80, 170), (220, 200, 60), (40, 40, 40)), 20),
+        pick(rng, DARK + ((240, 240, 240),), 10),
+    )
     return [
         fill(((0.0, 0.3), (0.22, 0.5), (0.12, 0.7)), body),
         fill(ellipse(0.45, 0.55, 0.32, 0.25), body),
@@ -311,7 +325,19 @@ def _bottle(rng):
     glass = pick(rng, ((40, 120, 50), (120, 70, 30), (150, 200, 220), (30, 80, 150)), 15)
     label, cap = pick(rng, WHITE + ((240, 220, 150),), 10), pick(rng, BRIGHT + DARK, 15)
     return [
-        fill(((0.08, 0.38), (0.35, 0.24), (0.35, 0.08), (0.65, 0.08), (0.65, 0.24), (0.92, 0.38), (0.92, 1.0), (0.08, 1.0)), glass),
+        fill(
+            (
+                (0.08, 0.38),
+                (0.35, 0.24),
+                (0.35, 0.08),
+                (0.65, 0.08),
+                (0.65, 0.24),
+                (0.92, 0.38),
+                (0.92, 1.0),
+                (0.08, 1.0),
+            ),
+            glass,
+        ),
         fill(rect(0.08, 0.5, 0.92, 0.76), label),
         fill(rect(0.32, 0.0, 0.68, 0.1), cap),
     ]
@@ -319,7 +345,10 @@ def _bottle(rng):
 
 @look("wine glass")
 def _wine_glass(rng):
-    rim, wine = pick(rng, ((200, 220, 235), (180, 200, 220)), 10), pick(rng, ((130, 20, 40), (230, 220, 150), (170, 40, 80)), 15)
+    rim, wine = (
+        pick(rng, ((200, 220, 235), (180, 200, 220)), 10),
+        pick(rng, ((130, 20, 40), (230, 220, 150), (170, 40, 80)), 15),
+    )
     return [
         fill(ellipse(0.5, 0.05, 0.48, 0.5, 14, 0, 180), rim),
         fill(ellipse(0.5, 0.22, 0.43, 0.33, 12, 0, 180), wine),
@@ -342,7 +371,10 @@ def _cup(rng):
 @look("fork", rotate=35)
 def _fork(rng):
     metal = pick(rng, METAL, 12)
-    parts = [fill(rect(0.38, 0.42, 0.62, 1.0), metal), fill(((0.08, 0.3), (0.92, 0.3), (0.7, 0.46), (0.3, 0.46)), metal)]
+    parts = [
+        fill(rect(0.38, 0.42, 0.62, 1.0), metal),
+        fill(((0.08, 0.3), (0.92, 0.3), (0.7, 0.46), (0.3, 0.46)), metal),
+    ]
     for x in (0.08, 0.33, 0.58, 0.83):
         parts.append(fill(rect(x, 0.0, x + 0.1, 0.32), metal))
     return parts
@@ -361,7 +393,11 @@ def _knife(rng):
 @look("spoon", rotate=35)
 def _spoon(rng):
     metal = pick(rng, METAL, 12)
-    return [fill(rect(0.4, 0.35, 0.6, 1.0), metal), fill(ellipse(0.5, 0.2, 0.48, 0.2), metal), fill(ellipse(0.5, 0.22, 0.3, 0.12, 10), jitter(rng, (120, 122, 130), 8))]
+    return [
+        fill(rect(0.4, 0.35, 0.6, 1.0), metal),
+        fill(ellipse(0.5, 0.2, 0.48, 0.2), metal),
+        fill(ellipse(0.5, 0.22, 0.3, 0.12, 10), jitter(rng, (120, 122, 130), 8)),
+    ]
 
 
 @look("bowl")
@@ -382,7 +418,11 @@ def _banana(rng):
     skin = pick(rng, ((240, 210, 50), (220, 200, 60), (180, 200, 60)), 12)
     arc_out = ellipse(0.5, 0.0, 0.5, 0.95, 14, 10, 170)
     arc_in = ellipse(0.5, 0.0, 0.36, 0.55, 14, 20, 160)[::-1]
-    return [fill(arc_out + arc_in, skin), fill(ellipse(0.97, 0.17, 0.04, 0.1, 6), (90, 60, 20)), fill(ellipse(0.04, 0.17, 0.04, 0.1, 6), (90, 60, 20))]
+    return [
+        fill(arc_out + arc_in, skin),
+        fill(ellipse(0.97, 0.17, 0.04, 0.1, 6), (90, 60, 20)),
+        fill(ellipse(0.04, 0.17, 0.04, 0.1, 6), (90, 60, 20)),
+    ]
 
 
 @look("apple", rotate=15)
@@ -403,7 +443,16 @@ def _pizza(rng):
     parts = [fill(ellipse(0.5, 0.5, 0.5, 0.5, 22), crust), fill(ellipse(0.5, 0.5, 0.42, 0.42, 20), cheese)]
     for k in range(3):
         angle = math.radians(k * 60 + rng.uniform(0, 10))
-        parts.append(line(((0.5 + 0.42 * math.cos(angle), 0.5 + 0.42 * math.sin(angle)), (0.5 - 0.42 * math.cos(angle), 0.5 - 0.42 * math.sin(angle))), crust, 0.02))
+        parts.append(
+            line(
+                (
+                    (0.5 + 0.42 * math.cos(angle), 0.5 + 0.42 * math.sin(angle)),
+                    (0.5 - 0.42 * math.cos(angle), 0.5 - 0.42 * math.sin(angle)),
+                ),
+                crust,
+                0.02,
+            )
+        )
     topping = pick(rng, ((180, 30, 30), (60, 110, 40), (60, 40, 30)), 12)
     for _ in range(int(rng.integers(5, 9))):
         r, a = 0.3 * math.sqrt(rng.uniform(0.05, 1)), rng.uniform(0, 2 * math.pi)
@@ -413,7 +462,10 @@ def _pizza(rng):
 
 @look("cake")
 def _cake(rng):
-    sponge, frosting = pick(rng, ((120, 70, 40), (240, 220, 170), (240, 170, 190)), 15), pick(rng, ((250, 250, 245), (250, 190, 210), (110, 60, 35)), 12)
+    sponge, frosting = (
+        pick(rng, ((120, 70, 40), (240, 220, 170), (240, 170, 190)), 15),
+        pick(rng, ((250, 250, 245), (250, 190, 210), (110, 60, 35)), 12),
+    )
     parts = [
         fill(rect(0.04, 0.3, 0.96, 0.92), sponge),
         fill(rect(0.04, 0.56, 0.96, 0.64), frosting),
@@ -461,7 +513,10 @@ def _couch(rng):
 
 @look("potted plant")
 def _potted_plant(rng):
-    pot, leaf = pick(rng, ((190, 95, 55), (220, 220, 215), (70, 70, 75)), 15), pick(rng, ((50, 140, 60), (30, 110, 50), (90, 160, 70)), 15)
+    pot, leaf = (
+        pick(rng, ((190, 95, 55), (220, 220, 215), (70, 70, 75)), 15),
+        pick(rng, ((50, 140, 60), (30, 110, 50), (90, 160, 70)), 15),
+    )
     parts = [fill(((0.2, 0.62), (0.8, 0.62), (0.7, 1.0), (0.3, 1.0)), pot), fill(rect(0.16, 0.6, 0.84, 0.68), pot)]
     for k in range(7):
         angle = math.radians(-90 + (k - 3) * 24 + rng.uniform(-6, 6))
@@ -485,7 +540,12 @@ def _dining_table(rng):
     ]
     if rng.random() < 0.5:  # a checked tablecloth runner
         for i in range(5):
-            parts.append(fill(((0.3 + 0.08 * i, 0.04), (0.34 + 0.08 * i, 0.04), (0.34 + 0.08 * i, 0.46), (0.3 + 0.08 * i, 0.46)), cloth))
+            parts.append(
+                fill(
+                    ((0.3 + 0.08 * i, 0.04), (0.34 + 0.08 * i, 0.04), (0.34 + 0.08 * i, 0.46), (0.3 + 0.08 * i, 0.46)),
+                    cloth,
+                )
+            )
     return parts
 
 
@@ -535,7 +595,11 @@ def _mouse(rng):
 def _remote(rng):
     body = pick(rng, DARK + ((170, 170, 175),), 8)
     key = (210, 210, 215) if sum(body) < 300 else (40, 40, 45)
-    parts = [fill(rect(0.0, 0.03, 1.0, 1.0), body), fill(ellipse(0.5, 0.03, 0.5, 0.03, 8), body), fill(ellipse(0.5, 0.1, 0.16, 0.04, 8), (220, 30, 30))]
+    parts = [
+        fill(rect(0.0, 0.03, 1.0, 1.0), body),
+        fill(ellipse(0.5, 0.03, 0.5, 0.03, 8), body),
+        fill(ellipse(0.5, 0.1, 0.16, 0.04, 8), (220, 30, 30)),
+    ]
     for row in range(5):
         for col in (0.28, 0.72):
             parts.append(fill(ellipse(col, 0.3 + row * 0.13, 0.14, 0.04, 6), key))
@@ -595,7 +659,18 @@ def _clock(rng):
 def _vase(rng):
     body = pick(rng, ((40, 90, 160), (180, 60, 50), (230, 230, 220), (60, 140, 130), (200, 160, 60)), 15)
     band = pick(rng, BRIGHT + WHITE, 20)
-    outline_pts = ((0.34, 0.0), (0.66, 0.0), (0.6, 0.2), (0.96, 0.5), (0.86, 0.86), (0.7, 1.0), (0.3, 1.0), (0.14, 0.86), (0.04, 0.5), (0.4, 0.2))
+    outline_pts = (
+        (0.34, 0.0),
+        (0.66, 0.0),
+        (0.6, 0.2),
+        (0.96, 0.5),
+        (0.86, 0.86),
+        (0.7, 1.0),
+        (0.3, 1.0),
+        (0.14, 0.86),
+        (0.04, 0.5),
+        (0.4, 0.2),
+    )
     return [
         fill(outline_pts, body),
         fill(((0.1, 0.44), (0.9, 0.44), (0.95, 0.56), (0.05, 0.56)), band),

@@ -52,7 +52,9 @@ def absent_companions(facts: ImageFacts) -> list[str]:
     return [n for n in dict.fromkeys(ordered) if n not in present]
 
 
-def choose_mentions(facts: ImageFacts, rng: np.random.Generator, noise: NoiseConfig, limit: int | None = None) -> Mentions:
+def choose_mentions(
+    facts: ImageFacts, rng: np.random.Generator, noise: NoiseConfig, limit: int | None = None
+) -> Mentions:
     """Salient objects (at most `limit` categories), small/occluded ones sometimes dropped, and
     with probability `noise.companion_rate` one expected-but-absent object added."""
     groups = []

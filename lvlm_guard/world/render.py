@@ -3,9 +3,9 @@
 Objects are drawn back to front at `supersample` times the output size and box-filtered down, which
 anti-aliases edges the way a camera would. The annotation of an object is its outline (the convex
 hull of its parts, clipped to the frame): `bbox` and `segmentation` follow that outline like COCO's
-polygons do, while `area` counts the pixels nothing in front of it covers, so an occluded object
-has a smaller area than its outline. Objects that are almost hidden are left out of the annotations
-entirely: an annotation must be something one can see.
+polygons do, while `area` is the outline's area times the share of its pixels that nothing in front
+covers, so an occluded object has a smaller area than its outline. Objects that are almost hidden
+are left out of the annotations entirely: an annotation must be something one can see.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class ObjectAnnotation:
 
     category_id: int
     bbox: tuple[float, float, float, float]  # x, y, w, h
-    area: float  # visible pixels
+    area: float  # outline area times the visible share of its pixels
     segmentation: tuple[float, ...]  # one polygon, x1, y1, x2, y2, ...
     occluded: bool
     visible_fraction: float
@@ -61,11 +61,13 @@ def render_scene(scene: Scene, config: RenderConfig = RenderConfig()) -> Rendere
     owner = Image.new("L", (config.size, config.size), 255)  # index of the front-most object per pixel
     owner_draw = ImageDraw.Draw(owner)
     outlines: list[list[Point]] = []
+    alone: list[int] = []  # pixels of each outline with nothing in front
     for index, obj in enumerate(scene.objects):
         hull = _draw_object(draw, obj, side)
         clipped = _clip_to_frame([(x / config.supersample, y / config.supersample) for x, y in hull], config.size)
         outline = [(round(x, 2), round(y, 2)) for x, y in clipped]
         outlines.append(outline)
+        alone.append(_raster_count(outline, config.size))
         if len(outline) >= 3:
             owner_draw.polygon(outline, fill=index)
     visible = np.bincount(np.asarray(owner).ravel(), minlength=256)
@@ -74,7 +76,7 @@ def render_scene(scene: Scene, config: RenderConfig = RenderConfig()) -> Rendere
         if len(outline) < 3:
             continue
         pixels = int(visible[index])
-        fraction = min(1.0, pixels / max(_polygon_area(outline), 1.0))
+        fraction = pixels / max(alone[index], 1)
         if pixels < config.min_visible_pixels or fraction < config.min_visible_fraction:
             continue
         xs, ys = [p[0] for p in outline], [p[1] for p in outline]
@@ -83,7 +85,7 @@ def render_scene(scene: Scene, config: RenderConfig = RenderConfig()) -> Rendere
             ObjectAnnotation(
                 category(obj.name).id,
                 tuple(round(v, 2) for v in bbox),
-                float(pixels),
+                round(_polygon_area(outline) * fraction, 2),  # the outline's area, less what is covered
                 tuple(v for p in outline for v in p),
                 fraction < config.occluded_below,
                 round(fraction, 3),
@@ -117,6 +119,15 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: PlacedObject, side: int) -> lis
             draw.polygon(points, outline=part.colour, width=width)
         painted.extend(points)
     return _convex_hull(painted)
+
+
+def _raster_count(outline: list[Point], size: int) -> int:
+    """Pixels the outline covers when drawn alone, rasterised the way the owner map is."""
+    if len(outline) < 3:
+        return 0
+    mask = Image.new("1", (size, size), 0)
+    ImageDraw.Draw(mask).polygon(outline, fill=1)
+    return int(np.count_nonzero(np.asarray(mask)))
 
 
 def _convex_hull(points: list[Point]) -> list[Point]:
