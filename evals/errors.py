@@ -49,3 +49,7 @@ class NotEnoughCategoriesError(EvalError, ValueError):
 
 class RecordFormatError(EvalError, ValueError):
     """A record file has a damaged line that is not the last one (the last may be cut by a kill)."""
+
+
+class UnknownPopeSplitError(EvalError, ValueError):
+    """A POPE negative-sampling strategy other than random, popular or adversarial."""

@@ -12,7 +12,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class EvalResult:
     metric_names: tuple[str, ...]
     percent_metrics: frozenset[str]
     out_dir: Path
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    confidence: float = 0.95
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +44,7 @@ class EvalResult:
             "metrics": {g: {m: est.as_dict() for m, est in ms.items()} for g, ms in self.metrics.items()},
             "counts": {g: dict(c) for g, c in self.counts.items()},
             "n_items": dict(self.n_items),
+            "confidence": self.confidence,
         }
 
 

@@ -39,5 +39,5 @@ def markdown_table(results: Sequence[EvalResult]) -> str:
             label = metric + (" (%)" if metric in first.percent_metrics else "")
             lines.append(f"| {prefix}{label} | " + " | ".join(cells) + " |")
         lines.append(f"| {prefix}items | " + " | ".join(str(r.n_items.get(group, 0)) for r in results) + " |")
-    note = f"{first.task.upper()}; cells: value [95% bootstrap CI]"
+    note = f"{first.task.upper()}; cells: value [{100 * first.confidence:g}% bootstrap CI]"
     return note + "\n\n" + "\n".join(lines) + "\n"

@@ -60,7 +60,8 @@ class Task:
     metrics_from_counts: Callable[[np.ndarray], dict[str, np.ndarray]]  # counts [..., k] -> {metric: [...]}
     metric_names: tuple[str, ...]
     percent_metrics: frozenset[str]
-    config: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)  # what is asked: fixed for the life of a run
+    scoring: Mapping[str, Any] = field(default_factory=dict)  # how answers are read: may change on re-scoring
 
     def groups(self) -> tuple[str, ...]:
         """Group names in first-seen item order."""
@@ -74,3 +75,24 @@ def safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.zeros(np.broadcast(numerator, denominator).shape, dtype=np.float64)
     np.divide(numerator, denominator, out=out, where=denominator != 0)
     return out
+
+
+class LazyAnswerFn:
+    """An AnswerFn built on first use, so that a finished (resumed) run never loads its model."""
+
+    def __init__(self, factory: Callable[[], AnswerFn]) -> None:
+        self._factory = factory
+        self._answer_fn: AnswerFn | None = None
+
+    @property
+    def built(self) -> bool:
+        return self._answer_fn is not None
+
+    def __call__(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int) -> list[str]:
+        if self._answer_fn is None:
+            self._answer_fn = self._factory()
+        return self._answer_fn(images, prompts, max_new_tokens)
+
+    def release(self) -> None:
+        """Drop the built AnswerFn (and the model it holds) before the next configuration loads."""
+        self._answer_fn = None

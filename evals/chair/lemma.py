@@ -27,6 +27,7 @@ IRREGULAR: dict[str, str] = {
     "gases": "gas",
     "skis": "ski",
     "taxis": "taxi",
+    "tvs": "tv",
     "kiwis": "kiwi",
     "knives": "knife",
     "wives": "wife",

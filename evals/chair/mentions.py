@@ -43,7 +43,9 @@ def _tokens(text: str) -> list[tuple[str, str] | None]:
     return [(tok, singularize(tok)) if tok.isalpha() else _BOUNDARY for tok in _TOKEN.findall(cleaned)]
 
 
-def _match(tokens: list, start: int, table: Mapping[tuple[str, ...], str | None], longest: int) -> tuple[int, str | None]:
+def _match(
+    tokens: list, start: int, table: Mapping[tuple[str, ...], str | None], longest: int
+) -> tuple[int, str | None]:
     """Length and category of the longest phrase at `start` (0 when none)."""
     for length in range(min(longest, len(tokens) - start), 0, -1):
         window = tokens[start : start + length]

@@ -5,14 +5,15 @@ VCD, PAI): 500 random images of COCO val2014, the prompt "Please describe this i
 512 new tokens (64 for the short-caption variant). Ground truth per image is, as in the original
 CHAIR code (LisaAnne/Hallucination `utils/chair.py`), the union of the categories annotated in the
 instances file and the objects that the reference captions mention, found with the same rules as
-in generated captions. Without a captions file, ground truth is the instances alone, and the
-results record that.
+in generated captions. Without a captions file (or with `--ground-truth instances`, meant for the
+synthetic world, whose annotations are complete and whose reference captions carry deliberate
+companion noise), ground truth is the instances alone, and the results record that.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,14 @@ CHAIR_NUM_IMAGES = 500
 CHAIR_MAX_NEW_TOKENS = 512  # long-description setting; 64 is the short one
 
 
-def ground_truth_objects(split: CocoSplit, image_id: int) -> frozenset[str]:
-    """Annotated categories plus objects mentioned by the image's reference captions."""
-    objects = set(split.objects.get(image_id, ()))
-    for caption in split.captions.get(image_id, ()):
+def ground_truth_objects(annotated: Iterable[str], reference_captions: Iterable[str]) -> frozenset[str]:
+    """Annotated categories plus objects mentioned by the image's reference captions.
+
+    Computed when scoring, not when building items, so that a corrected synonym list re-scores a
+    finished run without invalidating it.
+    """
+    objects = set(annotated)
+    for caption in reference_captions:
         objects |= mentioned_objects(caption)
     return frozenset(objects)
 
@@ -58,7 +63,11 @@ def chair_items(
             image_file=image.file_name,
             image_path=str(image_path(image.file_name)),
             prompt=prompt,
-            reference={"image_id": image.image_id, "gt_objects": sorted(ground_truth_objects(split, image.image_id))},
+            reference={
+                "image_id": image.image_id,
+                "annotated_objects": list(split.objects.get(image.image_id, ())),
+                "reference_captions": list(split.captions.get(image.image_id, ())),
+            },
         )
         for image in chosen
     )
@@ -67,10 +76,14 @@ def chair_items(
 def score_caption(item: EvalItem, output: str) -> ItemScore:
     """CHAIR counts of one generated caption, with the objects behind them."""
     mentioned = mentioned_objects(output)
-    ground_truth = frozenset(item.reference["gt_objects"])
+    ground_truth = ground_truth_objects(item.reference["annotated_objects"], item.reference["reference_captions"])
     return ItemScore(
         counts=caption_counts(mentioned, ground_truth, output),
-        details={"mentioned": sorted(mentioned), "hallucinated": sorted(mentioned - ground_truth)},
+        details={
+            "mentioned": sorted(mentioned),
+            "hallucinated": sorted(mentioned - ground_truth),
+            "ground_truth": sorted(ground_truth),
+        },
     )
 
 

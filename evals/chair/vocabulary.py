@@ -134,7 +134,9 @@ MODIFIER_USES: dict[str, frozenset[str]] = {
         "and or colored coloured color colour shirt jacket vest hat helmet cap cone sky sunset light glow sign "
         "stripe line roof wall background fur juice peel slice".split()
     ),
-    "ski": frozenset("slope pole lift resort jacket boot suit area trail run goggle mask gear hill lodge instructor".split()),
+    "ski": frozenset(
+        "slope pole lift resort jacket boot suit area trail run goggle mask gear hill lodge instructor".split()
+    ),
     "remote": frozenset("area location place village region island setting road".split()),
     "bus": frozenset(["driver", "shelter", "lane", "route"]),
     "pizza": frozenset(["box", "cutter", "oven", "stone"]),

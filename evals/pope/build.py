@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from evals.coco import CocoSplit
-from evals.errors import NotEnoughCategoriesError, NotEnoughImagesError
+from evals.errors import NotEnoughCategoriesError, NotEnoughImagesError, UnknownPopeSplitError
 from evals.pope.files import PopeQuestion
 
 POPE_SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
@@ -61,7 +61,9 @@ def sample_pope_images(
     split: CocoSplit, num_images: int = POPE_NUM_IMAGES, seed: int = 0, per_image: int = POPE_PER_IMAGE
 ) -> tuple[PopeImage, ...]:
     """Draw the images (and their positives) that all three POPE splits share."""
-    eligible = [im for im in sorted(split.images, key=lambda im: im.image_id) if len(split.objects[im.image_id]) >= per_image]
+    eligible = [
+        im for im in sorted(split.images, key=lambda im: im.image_id) if len(split.objects[im.image_id]) >= per_image
+    ]
     if len(eligible) < num_images:
         raise NotEnoughImagesError(
             f"POPE needs {num_images} images with at least {per_image} object categories; "
@@ -109,7 +111,7 @@ def _draw(rng: random.Random, pool: Sequence[str], excluded: set[str], image: Po
 def build_pope_questions(images: Sequence[PopeImage], strategy: str, seed: int = 0) -> tuple[PopeQuestion, ...]:
     """One POPE split over already-sampled images; question ids count from 1 as in the official files."""
     if strategy not in POPE_SPLITS:
-        raise ValueError(f"unknown POPE negative sampling {strategy!r}; choose from {', '.join(POPE_SPLITS)}")
+        raise UnknownPopeSplitError(f"unknown POPE split {strategy!r}; choose from {', '.join(POPE_SPLITS)}")
     frequency = object_frequency(images)
     pool = sorted(frequency)  # categories seen in the sampled images; sorted so draws are reproducible
     popular = _ranked(frequency)

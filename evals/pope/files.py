@@ -72,7 +72,7 @@ def write_pope_file(questions: Iterable[PopeQuestion], path: str | Path) -> Path
 
 
 def split_name_of(path: str | Path) -> str:
-    """"random" / "popular" / "adversarial" when the file name says so, else the file's stem."""
+    """The POPE split a file holds ("random", "popular", "adversarial") by its name, else its stem."""
     stem = Path(path).stem
     for name in ("adversarial", "popular", "random"):
         if name in stem:

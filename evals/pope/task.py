@@ -72,7 +72,7 @@ def pope_task(
     def score(item: EvalItem, output: str) -> ItemScore:
         return score_pope_answer(item, output, answer_rule)
 
-    settings = {"answer_rule": answer_rule, "max_new_tokens": max_new_tokens, "limit": limit, **(config or {})}
+    settings = {"max_new_tokens": max_new_tokens, "limit": limit, **(config or {})}
     return Task(
         name="pope",
         items=pope_items(question_sets, image_path, limit),
@@ -83,4 +83,5 @@ def pope_task(
         metric_names=POPE_METRICS,
         percent_metrics=frozenset(POPE_METRICS),
         config=settings,
+        scoring={"answer_rule": answer_rule},
     )

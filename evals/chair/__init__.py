@@ -1,0 +1,1 @@
+"""CHAIR: Caption Hallucination Assessment with Image Relevance (Rohrbach et al., EMNLP 2018)."""

@@ -1,0 +1,245 @@
+"""`eval pope|chair` for the lvlm-guard command line, testable with any `make_answer_fn`.
+
+The lead's CLI wires it in with one call:
+
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_eval_subcommand(sub, make_answer_fn)    # make_answer_fn(model, guard, **opts) -> AnswerFn
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+Guards: `--guard SPEC` runs one configuration; SPEC is passed verbatim to `make_answer_fn` in the
+library's spec syntax (`none`, `pai`, `pai:alpha=0.5,var` -- a comma stacks methods).
+`--grid A,B,C` runs several configurations and prints one table; inside a grid entry `+` stacks
+methods (`--grid none,pai,pai+var`), and is turned into the library's comma before the call.
+`--opt KEY=VALUE` (repeatable) is passed to `make_answer_fn` as a keyword, VALUE read as a JSON
+literal when it is one (`--opt load_in_4bit=true`, `--opt dtype=bfloat16`); under several
+processes `device=<this process's device>` is passed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from evals.chair.task import CHAIR_MAX_NEW_TOKENS, CHAIR_NUM_IMAGES, CHAIR_PROMPT, chair_task
+from evals.coco import find_split, load_split
+from evals.errors import EvalError, GridSpecError, UnknownPopeSplitError
+from evals.grid import run_grid
+from evals.parallel import current_shard
+from evals.pope.build import POPE_NUM_IMAGES, POPE_SPLITS, build_pope_splits
+from evals.pope.files import read_pope_file, split_name_of, write_pope_file
+from evals.pope.parse import ANSWER_RULES
+from evals.pope.task import POPE_MAX_NEW_TOKENS, pope_task
+from evals.task import AnswerFn, Task
+
+MakeAnswerFn = Callable[..., AnswerFn]
+
+
+def parse_option_value(raw: str) -> Any:
+    """A JSON literal when it is one ('3', '0.5', 'true', 'null', '[1, 2]'), else the string itself."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise GridSpecError(f"--opt expects KEY=VALUE, got {pair!r}")
+        options[key.strip()] = parse_option_value(value)
+    return options
+
+
+def guard_configurations(guard: str | None, grid: str | None) -> dict[str, str]:
+    """Configuration name -> guard spec for `make_answer_fn` (see module docstring)."""
+    if grid is None:
+        spec = (guard or "none").strip() or "none"
+        return {spec: spec}
+    configurations: dict[str, str] = {}
+    for entry in grid.split(","):
+        name = entry.strip()
+        if not name:
+            raise GridSpecError(f"empty configuration in --grid {grid!r}")
+        if name in configurations:
+            raise GridSpecError(f"configuration {name!r} appears twice in --grid {grid!r}")
+        configurations[name] = ",".join(part.strip() for part in name.split("+"))
+    return configurations
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw}")
+    return value
+
+
+def _add_common_arguments(
+    parser: argparse.ArgumentParser, max_new_tokens: int, num_images: int, coco_root: Path | None, split: str
+) -> None:
+    parser.add_argument("--model", required=True, help="model id or path, passed to make_answer_fn")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--guard", default="none", help="one guard spec, e.g. none, pai, 'pai:alpha=0.5,var'")
+    which.add_argument("--grid", help="several configurations side by side, e.g. none,pai,pai+var")
+    parser.add_argument(
+        "--coco-root",
+        type=Path,
+        required=coco_root is None,
+        default=coco_root,
+        help="folder with <split>/ images and annotations" + (f" (default {coco_root})" if coco_root else ""),
+    )
+    parser.add_argument("--split", default=split, help=f"image split folder (default {split})")
+    parser.add_argument("--instances", type=Path, help="instances JSON (default: searched under --coco-root)")
+    parser.add_argument(
+        "--num-images", type=_positive_int, default=num_images, help=f"images to sample (default {num_images})"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=_positive_int, default=max_new_tokens, help=f"default {max_new_tokens}"
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=1, help="prompts per AnswerFn call (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling and bootstrap (default 0)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder; rerun with the same one to resume")
+    parser.add_argument("--limit", type=_positive_int, help="only the first N items (per POPE split): smoke runs")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (0: none)")
+    parser.add_argument("--opt", action="append", metavar="KEY=VALUE", help="extra keyword for make_answer_fn")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_eval_subcommand(
+    subparsers: argparse._SubParsersAction,
+    make_answer_fn: MakeAnswerFn,
+    *,
+    default_coco_root: str | Path | None = None,
+    default_split: str = "val2014",
+) -> argparse.ArgumentParser:
+    """Register `eval pope` and `eval chair`; `args.func(args)` runs the chosen one.
+
+    With `default_coco_root` (e.g. the synthetic world's root) `--coco-root` may be left out.
+    """
+    root = Path(default_coco_root) if default_coco_root is not None else None
+    parser = subparsers.add_parser(
+        "eval", help="hallucination benchmarks (POPE, CHAIR)", description="Run POPE or CHAIR, resumably."
+    )
+    tasks = parser.add_subparsers(dest="eval_task", required=True, metavar="{pope,chair}")
+
+    pope = tasks.add_parser("pope", help="POPE yes/no object probing (Li et al., 2023)")
+    _add_common_arguments(pope, POPE_MAX_NEW_TOKENS, POPE_NUM_IMAGES, root, default_split)
+    pope.add_argument("--pope-file", action="append", type=Path, help="official POPE question file (repeatable)")
+    pope.add_argument("--pope-splits", default=",".join(POPE_SPLITS), help="splits to build (default all three)")
+    pope.add_argument("--answer-rule", choices=sorted(ANSWER_RULES), default="ours", help="yes/no parser")
+
+    chair = tasks.add_parser("chair", help="CHAIR object hallucination in descriptions (Rohrbach et al., 2018)")
+    _add_common_arguments(chair, CHAIR_MAX_NEW_TOKENS, CHAIR_NUM_IMAGES, root, default_split)
+    chair.add_argument("--captions", type=Path, help="captions JSON (default: searched under --coco-root)")
+    chair.add_argument("--prompt", default=CHAIR_PROMPT, help=f"default {CHAIR_PROMPT!r}")
+    chair.add_argument(
+        "--ground-truth",
+        choices=("instances+captions", "instances"),
+        default="instances+captions",
+        help="CHAIR's union of annotations and reference captions (default), or annotations alone "
+        "(for data whose annotations are complete and whose captions are noisy, like the synthetic world)",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        return run_eval_command(args, make_answer_fn)
+
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_pope_task(args: argparse.Namespace, write_questions: bool) -> Task:
+    files = find_split(args.coco_root, args.split, instances=args.instances, need_instances=not args.pope_file)
+    if args.pope_file:
+        question_sets = {}
+        for path in args.pope_file:
+            name = split_name_of(path)
+            name = name if name not in question_sets else path.stem
+            question_sets[name] = read_pope_file(path)
+        config = {"source": "file", "pope_files": {p.name: _file_sha256(p) for p in args.pope_file}}
+    else:
+        strategies = [s.strip() for s in args.pope_splits.split(",") if s.strip()]
+        unknown = [s for s in strategies if s not in POPE_SPLITS]
+        if unknown or not strategies:  # checked before the (slow) instances file is read
+            raise UnknownPopeSplitError(f"--pope-splits: unknown {unknown}; choose from {', '.join(POPE_SPLITS)}")
+        question_sets = build_pope_splits(load_split(files), args.num_images, args.seed, strategies)
+        if write_questions:
+            for strategy, questions in question_sets.items():
+                write_pope_file(questions, args.out / "questions" / f"coco_pope_{strategy}.json")
+        config = {"source": "built", "coco_split": args.split, "num_images": args.num_images, "seed": args.seed}
+    return pope_task(
+        question_sets,
+        files.image_path,
+        max_new_tokens=args.max_new_tokens,
+        answer_rule=args.answer_rule,
+        limit=args.limit,
+        config=config,
+    )
+
+
+def build_chair_task(args: argparse.Namespace) -> Task:
+    files = find_split(args.coco_root, args.split, instances=args.instances, captions=args.captions)
+    split = load_split(files, with_captions=args.ground_truth == "instances+captions")
+    return chair_task(
+        split,
+        files.image_path,
+        num_images=args.num_images,
+        seed=args.seed,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        config={"coco_split": args.split},
+    )
+
+
+def run_eval_command(args: argparse.Namespace, make_answer_fn: MakeAnswerFn) -> int:
+    """Build the task, run every configuration, print the table; 2 on a bad input, else 0."""
+    try:
+        shard = current_shard()
+        task = build_pope_task(args, shard.is_main) if args.eval_task == "pope" else build_chair_task(args)
+        configurations = guard_configurations(args.guard, args.grid)
+        options = parse_options(args.opt)
+        if shard.count > 1:
+            options.setdefault("device", shard.device)
+
+        def factory(spec: str) -> Callable[[], AnswerFn]:
+            return lambda: make_answer_fn(args.model, spec, **options)
+
+        run_kwargs = dict(
+            batch_size=args.batch_size, seed=args.seed, bootstrap_samples=args.bootstrap, progress=not args.no_progress
+        )
+        result = run_grid(
+            task,
+            {name: factory(spec) for name, spec in configurations.items()},
+            args.out,
+            run_info=lambda name: {"model": args.model, "guard": configurations[name]},
+            shard=shard,
+            **run_kwargs,
+        )
+        if result is not None:
+            print(f"results: {args.out}", file=sys.stderr)
+    except EvalError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def eval_main(argv: Sequence[str], make_answer_fn: MakeAnswerFn, prog: str = "lvlm-guard", **defaults: Any) -> int:
+    """Parse `argv` (starting with "eval") and run it: the same path as the real CLI, for tests.
+
+    `defaults` go to `add_eval_subcommand` (default_coco_root, default_split).
+    """
+    parser = argparse.ArgumentParser(prog=prog)
+    add_eval_subcommand(parser.add_subparsers(dest="command", required=True), make_answer_fn, **defaults)
+    args = parser.parse_args(list(argv))
+    return args.func(args)

@@ -1,0 +1,1 @@
+"""POPE: Polling-based Object Probing Evaluation (Li et al., EMNLP 2023)."""

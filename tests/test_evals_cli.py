@@ -1,0 +1,134 @@
+"""`eval pope|chair` end to end with a fake make_answer_fn, and two real processes vs one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from evals_fixture import fake_answer_fn, file_name, write_coco
+
+from evals.cli import eval_main, guard_configurations
+from evals.errors import GridSpecError
+from evals.pope.files import PopeQuestion, write_pope_file
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    return write_coco(tmp_path_factory.mktemp("coco"))
+
+
+class FakeFactory:
+    """make_answer_fn(model, guard, **opts) that remembers how it was called."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, model, guard, **opts):
+        self.calls.append((model, guard, opts))
+        return fake_answer_fn
+
+
+def common(coco, out, *extra):
+    return ["--model", "fake/model", "--coco-root", str(coco), "--out", str(out), "--no-progress", *extra]
+
+
+def test_guard_and_grid_specs():
+    assert guard_configurations("pai:alpha=0.5,var", None) == {"pai:alpha=0.5,var": "pai:alpha=0.5,var"}
+    assert guard_configurations(None, "none,pai,pai+var") == {"none": "none", "pai": "pai", "pai+var": "pai,var"}
+    with pytest.raises(GridSpecError, match="twice"):
+        guard_configurations(None, "pai,pai")
+
+
+def test_pope_grid_from_coco(coco, tmp_path, capsys):
+    factory = FakeFactory()
+    argv = [
+        "eval",
+        "pope",
+        *common(coco, tmp_path, "--grid", "none,pai+var", "--num-images", "6", "--opt", "dtype=bf16"),
+    ]
+    assert eval_main(argv, factory) == 0
+    assert factory.calls == [("fake/model", "none", {"dtype": "bf16"}), ("fake/model", "pai,var", {"dtype": "bf16"})]
+    table = capsys.readouterr().out
+    assert "| metric | none | pai+var |" in table and (tmp_path / "grid.md").read_text() == table.rstrip("\n") + "\n"
+    for split in ("random", "popular", "adversarial"):
+        assert len((tmp_path / "questions" / f"coco_pope_{split}.json").read_text().splitlines()) == 36
+    results = json.loads((tmp_path / "pai+var" / "results.json").read_text())
+    assert results["guard"] == "pai,var" and results["config"]["task_config"]["source"] == "built"
+    assert eval_main(argv, factory) == 0 and len(factory.calls) == 2  # resumed: nothing left, no model built
+
+
+def test_pope_official_format_file(coco, tmp_path):
+    questions = [
+        PopeQuestion(1, file_name(1), "Is there a dog in the image?", "yes"),
+        PopeQuestion(2, file_name(1), "Is there a car in the image?", "no"),
+        PopeQuestion(3, file_name(4), "Is there an orange in the image?", "no"),
+    ]
+    pope_file = write_pope_file(questions, tmp_path / "coco_pope_adversarial.json")
+    out = tmp_path / "out"
+    assert eval_main(["eval", "pope", *common(coco, out, "--pope-file", str(pope_file))], FakeFactory()) == 0
+    results = json.loads((out / "none" / "results.json").read_text())
+    assert list(results["metrics"]) == ["adversarial"] and results["n_items"] == {"adversarial": 3}
+    records = [json.loads(line) for line in (out / "none" / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["adversarial/1", "adversarial/2", "adversarial/3"]
+
+
+def test_chair_run(coco, tmp_path):
+    argv = ["eval", "chair", *common(coco, tmp_path, "--num-images", "8", "--limit", "5", "--max-new-tokens", "64")]
+    assert eval_main(argv, FakeFactory()) == 0
+    results = json.loads((tmp_path / "none" / "results.json").read_text())
+    assert results["n_items"] == {"all": 5}
+    assert set(results["metrics"]["all"]) == {"chair_s", "chair_i", "recall", "length"}
+    assert results["config"]["task_config"]["max_new_tokens"] == 64
+    assert results["config"]["task_config"]["prompt"] == "Please describe this image in detail."
+    assert results["config"]["task_config"]["ground_truth"] == "instances+captions"
+    argv += ["--ground-truth", "instances", "--out", str(tmp_path / "instances_only")]
+    assert eval_main(argv, FakeFactory()) == 0
+    results = json.loads((tmp_path / "instances_only" / "none" / "results.json").read_text())
+    assert results["config"]["task_config"]["ground_truth"] == "instances"
+
+
+def test_default_coco_root(coco, tmp_path):
+    argv = [
+        "eval",
+        "chair",
+        "--model",
+        "m",
+        "--out",
+        str(tmp_path),
+        "--num-images",
+        "8",
+        "--limit",
+        "2",
+        "--no-progress",
+    ]
+    assert eval_main(argv, FakeFactory(), default_coco_root=coco) == 0
+    with pytest.raises(SystemExit):  # without a default, --coco-root is required
+        eval_main(argv, FakeFactory())
+
+
+def test_bad_layout_is_reported(tmp_path, capsys):
+    assert eval_main(["eval", "chair", *common(tmp_path / "nowhere", tmp_path / "out")], FakeFactory()) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def _launched(argv):
+    from accelerate.state import PartialState
+
+    PartialState._reset_state()  # a forked child must not inherit a parent's single-process state
+    assert eval_main(argv, FakeFactory()) == 0
+
+
+def test_two_processes_equal_one(coco, tmp_path):
+    from accelerate import debug_launcher
+
+    def argv(out):
+        return ["eval", "pope", *common(coco, out, "--num-images", "6", "--batch-size", "4")]
+
+    assert eval_main(argv(tmp_path / "one"), FakeFactory()) == 0
+    debug_launcher(_launched, args=(argv(tmp_path / "two"),), num_processes=2)
+    shards = sorted(p.name for p in (tmp_path / "two" / "none" / "records").iterdir())
+    assert shards == ["shard-000-of-002.jsonl", "shard-001-of-002.jsonl"]
+    one, two = (tmp_path / name / "none" for name in ("one", "two"))
+    assert (two / "records.jsonl").read_bytes() == (one / "records.jsonl").read_bytes()
+    r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert r2["config"]["num_processes"] == 2 and r1["metrics"] == r2["metrics"]
