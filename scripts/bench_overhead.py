@@ -166,7 +166,7 @@ def prefill_latency(model, inputs, mode, reps: int) -> list[float]:
     return times
 
 
-def bench_generation(model, args, results: dict) -> None:
+def bench_generation(model, args, results: dict, save) -> None:
     for cache in args.caches:
         for batch in args.batch_sizes:
             inputs = make_inputs(batch, "cuda")
@@ -204,6 +204,7 @@ def bench_generation(model, args, results: dict) -> None:
                     flush=True,
                 )
             results.setdefault("tokens", {})[f"{cache}_b{batch}"] = {m: t[0, :64].tolist() for m, t in tokens.items()}
+            save()
 
 
 def bench_prefill(model, args, results: dict) -> None:
@@ -324,15 +325,20 @@ def main(argv: list[str] | None = None) -> None:
         "prefill": [],
     }
     model = build_model("cuda", smoke=args.smoke)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every section, so a run cut short keeps what it measured
+        results["static_vs_dynamic_token_agreement"] = token_agreement(results.get("tokens", {}))
+        args.out.write_text(json.dumps(results, indent=1))
+
     if not args.skip_prefill:
         bench_prefill(model, args, results)
+        save()
     if not args.skip_generation:
-        bench_generation(model, args, results)
+        bench_generation(model, args, results, save)
     if args.quant:
         bench_quantized(model, args, results)
-    results["static_vs_dynamic_token_agreement"] = token_agreement(results.get("tokens", {}))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    save()
     print(f"wrote {args.out}")
 
 
