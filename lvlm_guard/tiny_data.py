@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -45,38 +46,48 @@ def encode_conversations(
 ) -> EncodedConversations:
     """Tokenise conversations with loss only on answer tokens (and their `</s>`).
 
-    `image_files` lists the images in the order of the image tensor; each conversation's
-    `image_file` must be among them.
+    Prompts and answers are tokenised as separate pieces in two batched calls; the byte-level
+    pre-tokenizer splits the rendered chat at exactly those places (before the space that opens
+    an answer, and around `</s>`), so the pieces join into the same ids as the whole text (a test
+    checks this against the processor). `image_files` lists the images in the order of the image
+    tensor; each conversation's `image_file` must be among them.
     """
     row_of = {name: i for i, name in enumerate(image_files)}
-    rendered = [chat_text(c.turns) for c in conversations]
-    batch = tokenizer([text for text, _ in rendered], return_offsets_mapping=True)
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE)
-    n = len(conversations)
-    input_ids = torch.full((n, max_len), tokenizer.pad_token_id, dtype=torch.int32)
-    labels = torch.full((n, max_len), IGNORE, dtype=torch.int32)
-    lengths = torch.zeros(n, dtype=torch.int32)
-    truncated = 0
-    for row, ((_, spans), ids, offsets) in enumerate(zip(rendered, batch["input_ids"], batch["offset_mapping"])):
-        ids = np.asarray(ids, dtype=np.int64)
-        starts = np.asarray([start for start, _ in offsets])
-        answer = np.zeros(len(ids), dtype=bool)
-        for a, b in spans:
-            answer |= (starts >= a) & (starts < b)
-        lab = np.where(answer, ids, IGNORE)
-        at = np.flatnonzero(ids == image_id)  # one <image> -> one token per patch
-        if len(at):
-            i = int(at[0])
-            ids = np.concatenate([ids[:i], np.full(image_tokens, image_id), ids[i + 1 :]])
-            lab = np.concatenate([lab[:i], np.full(image_tokens, IGNORE), lab[i + 1 :]])
+    prompts, answers = [], []
+    for conv in conversations:
+        text, spans = chat_text(conv.turns)
+        starts = [0] + [b for _, b in spans[:-1]]
+        prompts += [text[s:a] for s, (a, _) in zip(starts, spans)]
+        answers += [text[a:b] for a, b in spans]
+    core = tokenizer.backend_tokenizer  # the Rust tokenizer: no per-row Python conversion
+    prompt_ids = [e.ids for e in core.encode_batch(prompts, add_special_tokens=False)]
+    answer_ids = [e.ids for e in core.encode_batch(answers, add_special_tokens=False)]
+    image_id, bos = tokenizer.convert_tokens_to_ids(IMAGE), tokenizer.bos_token_id
+    rows_ids, rows_labels, truncated, piece = [], [], 0, 0
+    for conv in conversations:
+        ids, labels = [bos], [IGNORE]
+        for turn in range(len(conv.turns)):
+            prompt, answer = prompt_ids[piece], answer_ids[piece]
+            piece += 1
+            if turn == 0 and image_id in prompt:  # one <image> -> one token per patch
+                i = prompt.index(image_id)
+                prompt = prompt[:i] + [image_id] * image_tokens + prompt[i + 1 :]
+            ids += prompt + answer
+            labels += [IGNORE] * len(prompt) + answer
         if len(ids) > max_len:
-            ids, lab, truncated = ids[:max_len], lab[:max_len], truncated + 1
-        input_ids[row, : len(ids)] = torch.from_numpy(ids)
-        labels[row, : len(lab)] = torch.from_numpy(lab)
-        lengths[row] = len(ids)
+            ids, labels, truncated = ids[:max_len], labels[:max_len], truncated + 1
+        rows_ids.append(ids)
+        rows_labels.append(labels)
+    lengths = torch.tensor([len(r) for r in rows_ids], dtype=torch.int32)
+    width = int(lengths.max()) if len(lengths) else 0  # no more padding than the longest row needs
+    filled = torch.arange(width)[None, :] < lengths[:, None]
+    input_ids = torch.full((len(rows_ids), width), tokenizer.pad_token_id, dtype=torch.int32)
+    labels = torch.full((len(rows_ids), width), IGNORE, dtype=torch.int32)
+    total = int(lengths.sum())
+    input_ids[filled] = torch.from_numpy(np.fromiter(chain.from_iterable(rows_ids), np.int32, total))
+    labels[filled] = torch.from_numpy(np.fromiter(chain.from_iterable(rows_labels), np.int32, total))
     image_index = torch.tensor([row_of[c.image_file] for c in conversations], dtype=torch.int64)
-    width = int(lengths.max()) if n else 0  # drop padding no row needs
-    return EncodedConversations(input_ids[:, :width], labels[:, :width], lengths, image_index, truncated)
+    return EncodedConversations(input_ids, labels, lengths, image_index, truncated)
 
 
 def load_images(root: Path, image_files: Sequence[str], threads: int = 8) -> torch.Tensor:

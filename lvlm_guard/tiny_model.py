@@ -191,6 +191,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec = TinyL
             eos_token_id=tokenizer.eos_token_id,
         ),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+        image_seq_length=spec.image_tokens,  # informational in transformers; keep it true
         projector_hidden_act="gelu",
         # the last layer, not LLaVA's penultimate: trained from scratch, every layer should learn
         vision_feature_layer=-1,

@@ -118,11 +118,6 @@ class Category:
     layer: str
     plural: str
 
-    @property
-    def is_small(self) -> bool:
-        """Small enough at its smallest to cover about one encoder patch."""
-        return self.size[0] <= 0.09
-
 
 def _cat(name: str, size: tuple[float, float], aspect: float, layer: str, plural: str | None = None) -> Category:
     cid, supercategory = _COCO_BY_NAME[name]

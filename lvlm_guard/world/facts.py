@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 
@@ -33,7 +34,7 @@ class ImageFacts:
     objects: tuple[SeenObject, ...]
     held_out: tuple[str, ...] = ()
 
-    @property
+    @cached_property
     def present(self) -> frozenset[str]:
         return frozenset(o.name for o in self.objects)
 

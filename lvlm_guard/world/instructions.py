@@ -18,6 +18,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +88,10 @@ class ObjectStats:
             pairs.update((a, b) for a in present for b in present if a != b)
         return cls(dict(frequency), dict(pairs))
 
-    def popular(self) -> list[str]:
+    @cached_property
+    def popular(self) -> tuple[str, ...]:
         """Categories by image frequency, most frequent first."""
-        return sorted(category_names(), key=lambda n: (-self.frequency.get(n, 0), n))
+        return tuple(sorted(category_names(), key=lambda n: (-self.frequency.get(n, 0), n)))
 
     def cooccurring(self, present: Iterable[str]) -> list[str]:
         """Categories by how often they appear with the present ones, most often first."""
@@ -102,12 +104,13 @@ def negative_objects(
     facts: ImageFacts, rng: np.random.Generator, stats: ObjectStats, strategy: str, exclude: set[str]
 ) -> str | None:
     """One category absent from the image, chosen the way POPE's `strategy` chooses."""
-    absent = [n for n in category_names() if n not in facts.present and n not in exclude]
+    present = facts.present
+    absent = [n for n in category_names() if n not in present and n not in exclude]
     if not absent:
         return None
     if strategy == "random":
         return absent[int(rng.integers(len(absent)))]
-    ranked = stats.popular() if strategy == "popular" else stats.cooccurring(facts.present)
+    ranked = stats.popular if strategy == "popular" else stats.cooccurring(present)
     top = [n for n in ranked if n in absent][:5]
     return top[int(rng.integers(len(top)))]
 
