@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lvlm_guard.errors import GuardError
 
@@ -78,6 +79,25 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _main_job(args: argparse.Namespace) -> int:
+    """Baseline vs every registered guard, POPE and CHAIR, on the embedded default's test split."""
+    from evals.cli import eval_main
+    from lvlm_guard.methods import available_methods
+    from lvlm_guard.world.coco_format import ensure_world
+
+    root = ensure_world(args.split)
+    grid = ",".join(["none", *available_methods()])
+    common = [
+        "--model", args.model, "--grid", grid, "--coco-root", str(root), "--split", args.split,
+        "--num-images", str(args.num_images), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+    ]  # fmt: skip
+    code = eval_main(["eval", "pope", *common, "--out", str(args.out / "pope")], make_answer_fn)
+    if code:
+        return code
+    chair = ["--max-new-tokens", str(args.chair_max_new_tokens), "--ground-truth", "instances"]
+    return eval_main(["eval", "chair", *common, *chair, "--out", str(args.out / "chair")], make_answer_fn)
+
+
 def _list(args: argparse.Namespace) -> int:
     from lvlm_guard.methods import available_methods
     from lvlm_guard.models import supported_architectures
@@ -100,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="float32")
     gen.add_argument("--device-map", default=None)
     gen.set_defaults(func=_generate)
+
+    job = sub.add_parser("main", help="the main job: baseline vs every guard on POPE and CHAIR (embedded default)")
+    job.add_argument("--model", default=DEFAULT_MODEL)
+    job.add_argument("--split", default="test")
+    job.add_argument("--num-images", type=int, default=100, help="images per benchmark (protocol: 500)")
+    job.add_argument("--batch-size", type=int, default=16)
+    job.add_argument("--chair-max-new-tokens", type=int, default=512)
+    job.add_argument("--seed", type=int, default=0)
+    job.add_argument("--out", type=Path, default=Path("runs/main"), help="rerun with the same folder to resume")
+    job.set_defaults(func=_main_job)
 
     lst = sub.add_parser("list", help="available guards and supported architectures")
     lst.set_defaults(func=_list)
