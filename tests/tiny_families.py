@@ -10,7 +10,7 @@ dynamic resolution, sub-image splits).
 from __future__ import annotations
 
 import torch
-from tiny_models import WORDS, tiny_llava
+from tiny_models import WORDS, text_config, tiny_llava
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     Idefics3Config,
@@ -112,20 +112,7 @@ def family_tokenizer(
 
 
 def _text_config(tokenizer: PreTrainedTokenizerFast, **extra) -> dict:
-    return dict(
-        hidden_size=HIDDEN,
-        intermediate_size=HIDDEN * 2,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        initializer_range=0.2,  # peaked attention, so edits show
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **extra,
-    )
+    return text_config(tokenizer, hidden=HIDDEN, layers=LAYERS, heads=HEADS, kv_heads=KV_HEADS, **extra)
 
 
 def _finish(model, tokenizer, attn_implementation: str, dtype: torch.dtype):

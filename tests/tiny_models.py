@@ -45,6 +45,26 @@ def tiny_tokenizer(extra_special: tuple[str, ...] = ("<image>",)) -> PreTrainedT
     return tok
 
 
+def text_config(
+    tokenizer: PreTrainedTokenizerFast, *, hidden: int, layers: int, heads: int, kv_heads: int, **extra
+) -> dict:
+    """A tiny decoder config of any family (extra keys add the family's own fields)."""
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        initializer_range=0.2,  # peaked attention, so edits show
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **extra,
+    )
+
+
 def tiny_llava(
     seed: int = 0,
     *,
@@ -70,19 +90,8 @@ def tiny_llava(
             patch_size=patch_size,
             projection_dim=32,
         ),
-        text_config=dict(
-            model_type="llama",
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=512,
-            initializer_range=0.2,  # peaked attention, so edits show
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+        text_config=text_config(
+            tokenizer, hidden=hidden, layers=num_layers, heads=num_heads, kv_heads=num_kv_heads, model_type="llama"
         ),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
