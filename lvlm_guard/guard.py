@@ -250,14 +250,7 @@ class Guard:
         """Processor inputs for a left-padded batch, built with the family's chat template."""
         per_prompt = images_per_prompt(images, prompts)
         texts = [self.adapter.chat_prompt(self.processor, p, len(imgs)) for p, imgs in zip(prompts, per_prompt)]
-        tokenizer = self.processor.tokenizer
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        try:
-            inputs = self.adapter.processor_inputs(self.processor, per_prompt, texts)
-        finally:
-            tokenizer.padding_side = side
-        return inputs.to(self.device)
+        return self.adapter.left_padded_inputs(self.processor, per_prompt, texts).to(self.device)
 
     def logits_processors(self, prompts: Sequence[str]) -> list:
         """Decoding-time processors of the enabled interventions, for this batch of prompts."""

@@ -156,6 +156,15 @@ class ModelAdapter:
         flat = [img for per_prompt in images for img in per_prompt]
         return processor(images=flat or None, text=texts, padding=True, return_tensors="pt")
 
+    def left_padded_inputs(self, processor, images: list[list], texts: list[str]):
+        """`processor_inputs` with left padding, whatever the tokenizer's own padding side."""
+        tokenizer = processor.tokenizer
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            return self.processor_inputs(processor, images, texts)
+        finally:
+            tokenizer.padding_side = side
+
     def text_only_inputs(self, processor, prompts: list[str], device) -> dict[str, torch.Tensor]:
         """Inputs for the same prompts with no image (the image-free branch of contrastive methods).
 
@@ -163,12 +172,7 @@ class ModelAdapter:
         `processor_inputs` like the image branch (same special tokens, same extra inputs).
         """
         texts = [self.chat_prompt(processor, p.replace(self.image_placeholder, ""), 0) for p in prompts]
-        tokenizer = processor.tokenizer
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            enc = self.processor_inputs(processor, [[] for _ in prompts], texts)
-        finally:
-            tokenizer.padding_side = side
+        enc = self.left_padded_inputs(processor, [[] for _ in prompts], texts)
         return {k: v.to(device) for k, v in enc.items() if isinstance(v, torch.Tensor)}
 
 
