@@ -77,14 +77,3 @@ def explicit_probs(
         logits = logits.masked_fill(~allowed, torch.finfo(torch.float32).min)
     return torch.softmax(logits, dim=-1)
 
-
-def image_logit_amplification(
-    logits: torch.Tensor, image_keys: torch.Tensor, alpha: float
-) -> torch.Tensor:
-    """PAI's pre-softmax change as an additive bias: `alpha * |logit|` on image keys, 0 elsewhere.
-
-    Liu et al., ECCV 2024, Sec. 3.2: the image-token scores of the generating row become
-    `logit + alpha * |logit|`, which always raises them, whatever their sign.
-    `logits: [b, h, r, k]`, `image_keys: [b, k]` bool.
-    """
-    return alpha * logits.abs() * image_keys[:, None, None, :].to(logits.dtype)

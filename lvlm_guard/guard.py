@@ -13,7 +13,7 @@ through `guard.generate` or `guard.logits_processors(prompts)`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -305,7 +305,7 @@ class Guard:
 
     def _taps_context(self, taps: Taps | bool | None):
         if taps is None or taps is False:
-            return _nothing()
+            return nullcontext()
         if taps is True:
             n = self.adapter.spec.num_layers
             return self.tap(attention_layers=range(n), hidden_layers=range(n + 1))
@@ -320,11 +320,6 @@ def _extends(input_ids: torch.Tensor, prompt_ids: torch.Tensor | None) -> bool:
         and prompt_ids.device == input_ids.device
         and bool(torch.equal(input_ids[:, : prompt_ids.shape[1]], prompt_ids))
     )
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
 
 
 def attach(model: nn.Module, processor, interventions: Sequence[Intervention] = ()) -> Guard:

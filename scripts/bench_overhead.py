@@ -122,7 +122,7 @@ MODES = {
 }
 
 
-def run_generate(model, inputs, mode, guard_box, new_tokens, cache) -> tuple[float, int, torch.Tensor]:
+def run_generate(model, inputs, mode, new_tokens, cache) -> tuple[float, int, torch.Tensor]:
     """One timed generate; returns (seconds, peak bytes, generated ids)."""
     interventions = MODES[mode]
     guard = lg.attach(model, None, interventions) if interventions is not None else None
@@ -176,13 +176,13 @@ def bench_generation(model, args, results: dict, save) -> None:
             warm_tokens = args.new_tokens if cache == "static" or not args.warm_tokens else args.warm_tokens
             for mode in modes:
                 start = time.perf_counter()
-                _, _, tokens[mode] = run_generate(model, inputs, mode, None, warm_tokens, cache)
+                _, _, tokens[mode] = run_generate(model, inputs, mode, warm_tokens, cache)
                 print(f"[warm] {cache} b{batch} {mode}: {time.perf_counter() - start:.1f}s", flush=True)
             reps: dict[str, list[float]] = {m: [] for m in modes}
             peaks: dict[str, int] = {}
             for _ in range(args.reps):
                 for mode in modes:
-                    seconds, peak, _ = run_generate(model, inputs, mode, None, args.new_tokens, cache)
+                    seconds, peak, _ = run_generate(model, inputs, mode, args.new_tokens, cache)
                     reps[mode].append(batch * args.new_tokens / seconds)
                     peaks[mode] = peak
             for mode in modes:
@@ -264,10 +264,10 @@ def bench_quantized(model, args, results: dict) -> None:
     inputs = make_inputs(1, "cuda")
     reps = {"plain": [], "pai": []}
     for mode in reps:
-        run_generate(quantized, inputs, mode, None, 32, "dynamic")
+        run_generate(quantized, inputs, mode, 32, "dynamic")
     for _ in range(args.reps):
         for mode in reps:
-            seconds, peak, _ = run_generate(quantized, inputs, mode, None, args.quant_new_tokens, "dynamic")
+            seconds, peak, _ = run_generate(quantized, inputs, mode, args.quant_new_tokens, "dynamic")
             reps[mode].append(args.quant_new_tokens / seconds)
             entry[f"peak_memory_gib_{mode}"] = peak / 2**30
     for mode, values in reps.items():

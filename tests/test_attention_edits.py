@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from lvlm_guard.attention import LayerAttention
-from lvlm_guard.attention_math import image_logit_amplification
 from lvlm_guard.edits import AttentionEdit
 from lvlm_guard.methods import PAI
 from lvlm_guard.models import ModelSpec
@@ -97,7 +96,7 @@ def test_pai_with_left_padding_mask_and_head_subset():
     allowed[1, :, :3, :] = False
     allowed[1, :, torch.arange(3), torch.arange(3)] = True  # padded rows see themselves (finite)
     state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 9, dtype=torch.long))
-    edit = AttentionEdit(heads=(1, 3), logit_bias=lambda r: image_logit_amplification(r.logits(), r.image_keys, 0.5))
+    edit = AttentionEdit(heads=(1, 3), logit_bias=pai_edit(0.5).logit_bias)
     out = run(LayerAttention(0, [edit], state, H), q, k, v, allowed)
     ref = reference(q, k, v, allowed, pai_bias(0.5, image_keys, [8], [1, 3]))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
@@ -153,7 +152,7 @@ def test_post_softmax_reweight_and_composition_with_a_bias():
         return w / w.sum(-1, keepdim=True)
 
     edits = [
-        AttentionEdit(logit_bias=lambda r: image_logit_amplification(r.logits(), r.image_keys, 0.2)),
+        pai_edit(0.2),
         AttentionEdit(heads=(0, 2), rows="all", reweight=double_image),
     ]
     out = run(LayerAttention(0, edits, state, H), q, k, v, None)
