@@ -101,7 +101,6 @@ def make_inputs(batch: int, device: str, text_after: int = 40, text_before: int 
     }
 
 
-
 def contrast_processor(guard: lg.Guard, inputs: dict, gamma: float) -> ImageFreeContrast:
     ids = inputs["input_ids"]
     text_ids = ids[ids != IMAGE_TOKEN_ID].view(ids.shape[0], -1)
@@ -114,17 +113,26 @@ def contrast_processor(guard: lg.Guard, inputs: dict, gamma: float) -> ImageFree
     )
 
 
-MODES = {
-    "plain": None,
-    "guard_off": [],
-    "pai": [lg.PAI(gamma=None)],
-    "pai_cfg": [lg.PAI()],
+#: modes with their own meaning; any other mode is a guard spec (`var`, `var,vhr`, `exit:layer=8`)
+SPECIAL_MODES = {
+    "plain": None,  # no guard attached
+    "guard_off": [],  # a guard attached with nothing enabled
+    "pai": [lg.PAI(gamma=None)],  # attention amplification only
+    "pai_cfg": [lg.PAI()],  # plus the image-free contrastive branch
 }
+DEFAULT_MODES = list(SPECIAL_MODES)
+
+
+def interventions_of(mode: str) -> list | None:
+    """The interventions a mode attaches (None: no guard at all)."""
+    if mode in SPECIAL_MODES:
+        return SPECIAL_MODES[mode]
+    return lg.parse_guard_spec(mode)
 
 
 def run_generate(model, inputs, mode, new_tokens, cache) -> tuple[float, int, torch.Tensor]:
     """One timed generate; returns (seconds, peak bytes, generated ids)."""
-    interventions = MODES[mode]
+    interventions = interventions_of(mode)
     guard = lg.attach(model, None, interventions) if interventions is not None else None
     kwargs = {"cache_implementation": "static"} if cache == "static" else {}
     if mode == "pai_cfg":
@@ -147,7 +155,7 @@ def run_generate(model, inputs, mode, new_tokens, cache) -> tuple[float, int, to
 
 
 def prefill_latency(model, inputs, mode, reps: int) -> list[float]:
-    interventions = MODES[mode]
+    interventions = interventions_of(mode)
     guard = lg.attach(model, None, interventions) if interventions is not None else None
     times = []
     try:
@@ -174,9 +182,17 @@ def bench_generation(model, args, results: dict, save) -> None:
             tokens: dict[str, torch.Tensor] = {}
             # warm-up; the static cache compiles for its exact length, so it warms at full length
             warm_tokens = args.new_tokens if cache == "static" or not args.warm_tokens else args.warm_tokens
-            for mode in modes:
+            for mode in list(modes):
                 start = time.perf_counter()
-                _, _, tokens[mode] = run_generate(model, inputs, mode, warm_tokens, cache)
+                try:
+                    _, _, tokens[mode] = run_generate(model, inputs, mode, warm_tokens, cache)
+                except Exception as error:  # one unsupported mode must not cost the whole run
+                    modes.remove(mode)
+                    results.setdefault("errors", []).append(
+                        {"cache": cache, "batch": batch, "mode": mode, "error": repr(error)}
+                    )
+                    print(f"[skip] {cache} b{batch} {mode}: {error!r}", flush=True)
+                    continue
                 print(f"[warm] {cache} b{batch} {mode}: {time.perf_counter() - start:.1f}s", flush=True)
             reps: dict[str, list[float]] = {m: [] for m in modes}
             peaks: dict[str, int] = {}
@@ -210,7 +226,7 @@ def bench_generation(model, args, results: dict, save) -> None:
 def bench_prefill(model, args, results: dict) -> None:
     for batch in args.batch_sizes:
         inputs = make_inputs(batch, "cuda")
-        per_mode = {m: [] for m in ("plain", "guard_off", "pai")}
+        per_mode = {m: [] for m in ["plain", *(m for m in args.prefill_modes if m != "plain")]}
         for _ in range(3):  # interleaved rounds
             for mode in per_mode:
                 per_mode[mode] += prefill_latency(model, inputs, mode, args.prefill_reps)
@@ -297,10 +313,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
     parser.add_argument("--caches", type=lambda s: s.split(","), default=["dynamic", "static"])
-    parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=DEFAULT_MODES,
+        help="plain, guard_off, pai, pai_cfg or guard specs (space-separated)",
+    )
+    parser.add_argument("--prefill-modes", nargs="+", default=["plain", "guard_off", "pai"])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--warm-tokens", type=int, default=None, help="warm-up length for the dynamic cache (default: full)")
+    parser.add_argument(
+        "--warm-tokens", type=int, default=None, help="warm-up length for the dynamic cache (default: full)"
+    )
     parser.add_argument("--quant-new-tokens", type=int, default=64)
     parser.add_argument("--prefill-reps", type=int, default=5)
     parser.add_argument("--skip-prefill", action="store_true")
