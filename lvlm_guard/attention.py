@@ -23,6 +23,10 @@ from lvlm_guard.edits import AttentionEdit, AttentionRows
 from lvlm_guard.state import GuardState
 
 GUARDED = {"sdpa": "lvlm_guard_sdpa", "eager": "lvlm_guard_eager"}
+#: when decoding steps run `ScoreMod` edits in one fused FlexAttention pass:
+#:  "auto" on CUDA (compiled kernel), "reference" on any device with FlexAttention's unfused
+#:  reference (tests), "off" never (the equivalent bias through SDPA instead)
+FUSED_SCORE_MODS = "auto"
 BASE_OF = {v: k for k, v in GUARDED.items()}
 LAYER_ATTR = "_lvlm_guard_attention"  # set on attention modules while a guard is attached
 
@@ -55,6 +59,12 @@ def guarded_attention_forward(module, query, key, value, attention_mask, **kwarg
     return layer_attention(module, query, key, value, attention_mask, stock, **kwargs)
 
 
+def _fused_allowed(query: torch.Tensor) -> bool:
+    if FUSED_SCORE_MODS == "auto":
+        return query.is_cuda
+    return FUSED_SCORE_MODS == "reference"
+
+
 class LayerAttention:
     """The edits and taps of one decoder layer, called in place of the stock attention.
 
@@ -71,6 +81,8 @@ class LayerAttention:
         self.heads = sorted({h for e in edits for h in (e.heads if e.heads is not None else range(num_heads))})
         self.all_heads = len(self.heads) == num_heads
         self.any_reweight = any(e.reweight is not None for e in edits)
+        #: every edit is an all-head score_mod: a decoding step can run as one fused kernel
+        self.fusable = bool(edits) and all(e.score_mod is not None and e.heads is None for e in edits)
         self._index_cache: dict = {}
 
     def __call__(self, module, query, key, value, attention_mask, stock: Callable, **kwargs):
@@ -84,6 +96,13 @@ class LayerAttention:
         group = query.shape[1] // key.shape[1]
         image_keys = state.image_keys_for(query.shape[0], key.shape[2], query.device)
         row_start = self._row_start(edits, q_len) if edits else q_len
+        if edits and q_len == 1 and self.fusable and not tap and _fused_allowed(query):
+            allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
+            mods = [(e.score_mod.fn, e.score_mod.weights(state, image_keys)) for e in edits]
+            out = am.attend_with_score_mods(
+                query, key, value, allowed, mods, scaling, compiled=FUSED_SCORE_MODS == "auto"
+            )
+            return out.transpose(1, 2).contiguous(), None
         if edits and row_start == 0 and self.all_heads and not self.any_reweight and not tap:
             allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
             return self._attend_all(edits, query, key, value, allowed, image_keys, scaling, group), None
@@ -173,7 +192,9 @@ class LayerAttention:
         else:
             ctx = self._context(query, key, allowed, image_keys, scaling, group, heads, row_start)
             bias = self._total_bias(edits, ctx)
-            new = am.attend_with_bias(ctx.query, ctx.key, self._values(value, heads, group), ctx.key_allowed, bias, scaling)
+            new = am.attend_with_bias(
+                ctx.query, ctx.key, self._values(value, heads, group), ctx.key_allowed, bias, scaling
+            )
         if torch.is_grad_enabled():
             out = out.clone()
         new = new.transpose(1, 2)  # [b, r, h, d]
@@ -193,10 +214,11 @@ class LayerAttention:
         """Sum of every edit's bias over the block `[b, h, r, k]`, zero outside an edit's reach."""
         total = None
         for edit in edits:
-            if edit.logit_bias is None:
+            if edit.logit_bias is None and edit.score_mod is None:
                 continue
             slots = self._head_slots(edit, ctx.query.device)
-            bias = edit.logit_bias(ctx if slots is None else ctx.select_heads(slots))
+            rows = ctx if slots is None else ctx.select_heads(slots)
+            bias = edit.logit_bias(rows) if edit.logit_bias is not None else edit.score_mod.bias(rows)
             row_mask = self._row_mask(edit, ctx)
             if row_mask is not None:
                 bias = bias * row_mask[:, None, :, None].to(bias.dtype)

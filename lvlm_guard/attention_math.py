@@ -7,8 +7,15 @@ masks `[b|1, 1, q, k]` (bool: True = may attend; float: additive), outputs `[b, 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from functools import cache
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
+
+#: an elementwise score rewrite and its per-key weights `[b, k]`
+WeightedScoreMod = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor]
 
 
 def key_allowed(
@@ -77,3 +84,42 @@ def explicit_probs(
         logits = logits.masked_fill(~allowed, torch.finfo(torch.float32).min)
     return torch.softmax(logits, dim=-1)
 
+
+@cache
+def _compiled_flex_attention() -> Callable:
+    """FlexAttention compiled once per process for any shape (the key length grows every step)."""
+    return torch.compile(flex_attention, dynamic=True)
+
+
+def attend_with_score_mods(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor | None,
+    mods: Sequence[WeightedScoreMod],
+    scaling: float,
+    compiled: bool = True,
+) -> torch.Tensor:
+    """softmax(fn_n(..fn_1(q k^T * scaling, w_1).., w_n), masked) v in one fused pass. `[b, h, r, d]`.
+
+    FlexAttention applies the rewrites while it streams the keys, so an edit that needs the
+    scores (PAI's `alpha * |s|`) reads the key cache once, as plain attention does; computing the
+    bias first and handing it to SDPA reads it twice. Keys may have fewer heads (GQA).
+    `compiled=False` runs FlexAttention's unfused reference (any device; for tests). Inside a
+    `torch.compile`d region the kernel is generated as part of the surrounding graph.
+    """
+    key_ok = None if allowed is None else allowed[:, 0]  # [b|1, r, k]
+    per_batch = key_ok is not None and key_ok.shape[0] > 1
+
+    def score_mod(score, b, h, q, kv):
+        for fn, weights in mods:
+            score = fn(score, weights[b, kv])
+        if key_ok is not None:
+            score = torch.where(key_ok[b if per_batch else 0, q, kv], score, -float("inf"))
+        return score
+
+    if torch.compiler.is_compiling() or not compiled:
+        flex = flex_attention
+    else:
+        flex = _compiled_flex_attention()
+    return flex(query, key, value, score_mod=score_mod, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])

@@ -77,6 +77,28 @@ class AttentionRows:
 
 #: pre-softmax: returns an additive bias `[b, h, r, k]` (float32)
 LogitBias = Callable[[AttentionRows], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ScoreMod:
+    """An elementwise rewrite of the scaled pre-softmax scores: `score -> fn(score, weight[key])`.
+
+    It describes the same edit as a `logit_bias` (`fn(s, w) - s`), in a form a fused kernel
+    (FlexAttention's `score_mod`) can apply while it streams the keys, so the edit costs no second
+    read of the key cache. `weights(state, image_keys[b, k])` gives one float32 weight per key,
+    `[b, k]`; `fn` must be made of elementwise torch ops, since it runs both on full tensors and
+    inside the kernel.
+    """
+
+    weights: Callable[[GuardState, torch.Tensor], torch.Tensor]
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def bias(self, rows: AttentionRows) -> torch.Tensor:
+        """The equivalent additive bias `[b, h, r, k]` in float32, for the unfused path."""
+        scores = rows.logits()
+        return self.fn(scores, self.weights(rows.state, rows.image_keys)[:, None, None, :]) - scores
+
+
 #: post-softmax: maps probabilities `[b, h, r, k]` (float32, rows sum to 1) to new ones
 Reweight = Callable[[AttentionRows, torch.Tensor], torch.Tensor]
 
@@ -86,17 +108,22 @@ class AttentionEdit:
     """Change the attention of `heads` (None: all) in one layer, on the rows `rows` selects.
 
     A bias keeps the fast fused SDPA path; a reweight needs explicit weights for the selected
-    rows and heads only. Several edits on one layer compose: biases add, reweights chain.
+    rows and heads only. A `score_mod` is a bias in elementwise form: where the layer's edits
+    allow it (all heads, decoding, CUDA) it runs inside one fused kernel, elsewhere it acts as
+    the bias it stands for. Several edits on one layer compose: biases add, reweights chain.
     """
 
     heads: tuple[int, ...] | None = None
     rows: RowSelector = "generating"
     logit_bias: LogitBias | None = None
     reweight: Reweight | None = None
+    score_mod: ScoreMod | None = None
 
     def __post_init__(self) -> None:
-        if self.logit_bias is None and self.reweight is None:
-            raise ValueError("an AttentionEdit needs a logit_bias or a reweight")
+        if self.logit_bias is None and self.reweight is None and self.score_mod is None:
+            raise ValueError("an AttentionEdit needs a logit_bias, a score_mod or a reweight")
+        if self.logit_bias is not None and self.score_mod is not None:
+            raise ValueError("give an AttentionEdit a logit_bias or a score_mod, not both")
         if self.rows not in get_args(RowSelector):
             raise ValueError(f"rows must be one of {get_args(RowSelector)}, got {self.rows!r}")
 

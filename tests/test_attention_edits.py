@@ -13,6 +13,8 @@ from lvlm_guard.methods import PAI
 from lvlm_guard.models import ModelSpec
 from lvlm_guard.state import GuardState
 
+pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+
 B, H, KV, D = 2, 4, 2, 8
 SCALING = D**-0.5
 
@@ -96,13 +98,27 @@ def test_pai_with_left_padding_mask_and_head_subset():
     allowed[1, :, :3, :] = False
     allowed[1, :, torch.arange(3), torch.arange(3)] = True  # padded rows see themselves (finite)
     state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 9, dtype=torch.long))
-    edit = AttentionEdit(heads=(1, 3), logit_bias=pai_edit(0.5).logit_bias)
+    edit = AttentionEdit(heads=(1, 3), score_mod=pai_edit(0.5).score_mod)
     out = run(LayerAttention(0, [edit], state, H), q, k, v, allowed)
     ref = reference(q, k, v, allowed, pai_bias(0.5, image_keys, [8], [1, 3]))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_pai_decoding_step_with_static_cache_capacity():
+@pytest.fixture(params=["off", "reference"])
+def fused_mode(request, monkeypatch):
+    """Decoding steps through the SDPA-with-bias path ("off") and the fused FlexAttention path."""
+    import lvlm_guard.attention as attention
+    import lvlm_guard.attention_math as am
+
+    calls = []
+    original = am.attend_with_score_mods
+    monkeypatch.setattr(attention, "FUSED_SCORE_MODS", request.param)
+    monkeypatch.setattr(am, "attend_with_score_mods", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    yield SimpleNamespace(mode=request.param, calls=calls)
+    assert bool(calls) == (request.param == "reference"), "the fused path was (not) taken"
+
+
+def test_pai_decoding_step_with_static_cache_capacity(fused_mode):
     """One query against a cache longer than the sequence: masked slots must stay masked."""
     q, k, v, image_keys = random_case(1, 16)
     allowed = torch.zeros(B, 1, 1, 16, dtype=torch.bool)
@@ -110,16 +126,49 @@ def test_pai_decoding_step_with_static_cache_capacity():
     state = GuardState(image_keys=image_keys[:, :12], prompt_ids=torch.zeros(B, 10, dtype=torch.long))
     edit = pai_edit(0.3)
     out = run(LayerAttention(0, [edit], state, H), q, k, v, allowed)
-    ref = reference(q, k, v, allowed, pai_bias(0.3, torch.cat([image_keys[:, :12], torch.zeros(B, 4, dtype=torch.bool)], 1), [0], list(range(H))))
+    ref = reference(
+        q,
+        k,
+        v,
+        allowed,
+        pai_bias(0.3, torch.cat([image_keys[:, :12], torch.zeros(B, 4, dtype=torch.bool)], 1), [0], list(range(H))),
+    )
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_pai_decoding_step_without_mask_uses_every_key():
+def test_pai_decoding_step_without_mask_uses_every_key(fused_mode):
     q, k, v, image_keys = random_case(1, 11)
     state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 10, dtype=torch.long))
     out = run(LayerAttention(0, [pai_edit(0.5)], state, H), q, k, v, None)
     allowed = torch.ones(B, 1, 1, 11, dtype=torch.bool)
     ref = reference(q, k, v, allowed, pai_bias(0.5, image_keys, [0], list(range(H))))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [KV, H])
+def test_fused_decoding_step_with_left_padding(fused_mode, kv_heads):
+    """Per-sequence padding masks reach the fused kernel; GQA keys are not repeated."""
+    q, k, v, image_keys = random_case(1, 13, kv_heads)
+    allowed = torch.ones(B, 1, 1, 13, dtype=torch.bool)
+    allowed[1, :, :, :4] = False
+    state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 10, dtype=torch.long))
+    out = run(LayerAttention(0, [pai_edit(0.8)], state, H), q, k, v, allowed)
+    ref = reference(q, k, v, allowed, pai_bias(0.8, image_keys, [0], list(range(H))))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_path_is_skipped_for_a_head_subset(monkeypatch):
+    """A score_mod on some heads only runs as the equivalent bias (still exact)."""
+    import lvlm_guard.attention as attention
+
+    monkeypatch.setattr(attention, "FUSED_SCORE_MODS", "reference")
+    monkeypatch.setattr(attention.am, "attend_with_score_mods", None)  # would raise if called
+    q, k, v, image_keys = random_case(1, 9)
+    state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 8, dtype=torch.long))
+    edit = AttentionEdit(heads=(0, 2), score_mod=pai_edit(0.5).score_mod)
+    out = run(LayerAttention(0, [edit], state, H), q, k, v, None)
+    allowed = torch.ones(B, 1, 1, 9, dtype=torch.bool)
+    ref = reference(q, k, v, allowed, pai_bias(0.5, image_keys, [0], [0, 2]))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 

@@ -154,7 +154,13 @@ def test_hidden_state_edit_adds_exactly_one():
     torch.testing.assert_close(taps.hidden_states[2][0], layer_out[0] + 1.0)
 
 
-def test_cached_generation_equals_full_recomputation_without_cache():
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("fused", ["off", "reference"])
+def test_cached_generation_equals_full_recomputation_without_cache(fused, monkeypatch):
+    """Decoding steps (SDPA with a bias, or the fused FlexAttention kernel) vs recomputed rows."""
+    import lvlm_guard.attention
+
+    monkeypatch.setattr(lvlm_guard.attention, "FUSED_SCORE_MODS", fused)
     model, processor = tiny_llava()
     guard = lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None)])
     inputs = guard.prepare(IMAGES, PROMPTS)
@@ -206,7 +212,9 @@ def test_pai_contrastive_branch_runs_and_changes_scores():
             return_dict_in_generate=True,
         )
         with guard.disabled():
-            off = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_scores=True, return_dict_in_generate=True)
+            off = model.generate(
+                **inputs, max_new_tokens=3, do_sample=False, output_scores=True, return_dict_in_generate=True
+            )
     assert not torch.allclose(on.scores[0], torch.log_softmax(off.scores[0], -1))
     guard.detach()
 

@@ -13,17 +13,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+import torch
+
 from lvlm_guard.contrastive import ImageFreeContrast
-from lvlm_guard.edits import AttentionEdit, AttentionRows, InterventionPlan
+from lvlm_guard.edits import AttentionEdit, InterventionPlan, ScoreMod
 from lvlm_guard.errors import InterventionConfigError
 from lvlm_guard.methods.base import Intervention, check_layers, register_method
 from lvlm_guard.models.base import ModelSpec
+from lvlm_guard.state import GuardState
 
 
-def _amplify(alpha: float, rows: AttentionRows):
-    """`alpha * |s|` on image keys, with s = scaling * q.k: three small kernels per layer."""
-    dots = rows.dot_products()
-    return dots.abs_().mul_(rows.image_key_weights(dots.dtype, alpha * rows.scaling))
+def _amplified(score: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Official `attention.py`: `s + alpha * |s|`, with `weight` = alpha on image keys, 0 elsewhere."""
+    return score + weight * score.abs()
+
+
+def _image_weights(alpha: float, state: GuardState, image_keys: torch.Tensor) -> torch.Tensor:
+    """`[b, k]`: alpha at image keys (built once per decoding step, shared by the layers)."""
+    return state.image_key_weights(image_keys, torch.float32, alpha)[:, 0, 0]
 
 
 @register_method
@@ -54,7 +61,8 @@ class PAI(Intervention):
     def plan(self, spec: ModelSpec) -> InterventionPlan:
         if self.alpha == 0:
             return InterventionPlan()
-        edit = AttentionEdit(rows="generating", logit_bias=partial(_amplify, self.alpha))
+        amplify = ScoreMod(weights=partial(_image_weights, self.alpha), fn=_amplified)
+        edit = AttentionEdit(rows="generating", score_mod=amplify)
         return InterventionPlan(attention={layer: [edit] for layer in self.layers(spec)})
 
     def logits_processor(self, guard, inputs: dict):
