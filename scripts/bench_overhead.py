@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ import transformers
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import lvlm_guard as lg
+from lvlm_guard import attention
 from lvlm_guard.contrastive import ImageFreeContrast
 
 IMAGE_TOKENS = 576  # CLIP ViT-L/14 at 336 px, CLS dropped
@@ -124,18 +126,35 @@ DEFAULT_MODES = list(SPECIAL_MODES)
 
 
 def interventions_of(mode: str) -> list | None:
-    """The interventions a mode attaches (None: no guard at all)."""
+    """The interventions a mode attaches (None: no guard at all); `@unfused` is handled by `fused_setting`."""
+    mode = mode.removesuffix("@unfused")
     if mode in SPECIAL_MODES:
         return SPECIAL_MODES[mode]
     return lg.parse_guard_spec(mode)
 
 
+@contextmanager
+def fused_setting(mode: str):
+    """`<mode>@unfused`: the same guard with score-mod edits as an SDPA bias (the pre-FlexAttention path)."""
+    previous = attention.FUSED_SCORE_MODS
+    attention.FUSED_SCORE_MODS = "off" if mode.endswith("@unfused") else previous
+    try:
+        yield
+    finally:
+        attention.FUSED_SCORE_MODS = previous
+
+
 def run_generate(model, inputs, mode, new_tokens, cache) -> tuple[float, int, torch.Tensor]:
     """One timed generate; returns (seconds, peak bytes, generated ids)."""
+    with fused_setting(mode):
+        return _run_generate(model, inputs, mode, new_tokens, cache)
+
+
+def _run_generate(model, inputs, mode, new_tokens, cache) -> tuple[float, int, torch.Tensor]:
     interventions = interventions_of(mode)
     guard = lg.attach(model, None, interventions) if interventions is not None else None
     kwargs = {"cache_implementation": "static"} if cache == "static" else {}
-    if mode == "pai_cfg":
+    if mode.startswith("pai_cfg"):
         kwargs["logits_processor"] = [contrast_processor(guard, inputs, gamma=1.1)]
     try:
         torch.cuda.synchronize()

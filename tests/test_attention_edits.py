@@ -228,3 +228,30 @@ def test_no_edit_layer_returns_the_stock_output_unchanged():
     plain, _ = stock_attention_function(module)(module, q, k, v, None, scaling=SCALING)
     guarded = run(LayerAttention(0, [], state, H), q, k, v, None)
     assert torch.equal(plain, guarded)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch,kv_heads", [(1, 32), (3, 8)])
+def test_compiled_fused_kernel_matches_float64_on_cuda(batch, kv_heads):
+    """The generated FlexAttention kernel at LLaVA-7B head shapes, bf16, with padding and GQA."""
+    import lvlm_guard.attention_math as am
+
+    heads, d, k_len = 32, 128, 700
+    gen = torch.Generator().manual_seed(batch)
+    q = torch.randn(batch, heads, 1, d, generator=gen).cuda().bfloat16()
+    k = torch.randn(batch, kv_heads, k_len, d, generator=gen).cuda().bfloat16()
+    v = torch.randn(batch, kv_heads, k_len, d, generator=gen).cuda().bfloat16()
+    allowed = torch.ones(batch, 1, 1, k_len, dtype=torch.bool, device="cuda")
+    allowed[-1, ..., :50] = False  # a left-padded sequence
+    allowed[..., 650:] = False  # static-cache slots not written yet
+    image_keys = torch.zeros(batch, k_len, dtype=torch.bool, device="cuda")
+    image_keys[:, 40:616] = True
+    weights = image_keys.float() * 0.5
+    mods = [(lambda s, w: s + w * s.abs(), weights)]
+    out = am.attend_with_score_mods(q, k, v, allowed, mods, d**-0.5, compiled=True)
+    group = heads // kv_heads
+    logits = q.double() @ k.double().repeat_interleave(group, 1).transpose(-1, -2) * d**-0.5
+    logits = logits + 0.5 * image_keys.double()[:, None, None, :] * logits.abs()
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    ref = torch.softmax(logits, -1) @ v.double().repeat_interleave(group, 1)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2)
