@@ -24,7 +24,7 @@ from lvlm_guard.state import GuardState
 
 GUARDED = {"sdpa": "lvlm_guard_sdpa", "eager": "lvlm_guard_eager"}
 #: when decoding steps run `ScoreMod` edits in one fused FlexAttention pass:
-#:  "auto" on CUDA (compiled kernel), "reference" on any device with FlexAttention's unfused
+#:  "auto" on CUDA inside torch.compile (static-cache decoding), "reference" on any device with FlexAttention's unfused
 #:  reference (tests), "off" never (the equivalent bias through SDPA instead)
 FUSED_SCORE_MODS = "auto"
 BASE_OF = {v: k for k, v in GUARDED.items()}
@@ -60,8 +60,10 @@ def guarded_attention_forward(module, query, key, value, attention_mask, **kwarg
 
 
 def _fused_allowed(query: torch.Tensor) -> bool:
+    """In "auto", only inside a compiled CUDA graph: called from eager code, the compiled kernel's
+    dispatch costs more than the second key read it saves (measured, evals/results/bench_overhead.md)."""
     if FUSED_SCORE_MODS == "auto":
-        return query.is_cuda
+        return query.is_cuda and torch.compiler.is_compiling()
     return FUSED_SCORE_MODS == "reference"
 
 

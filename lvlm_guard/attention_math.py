@@ -14,6 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
+#: FlexAttention kernel options for the fused path (None: its own heuristics); see
+#: scripts/bench_decode_attention.py for how they were chosen
+FLEX_KERNEL_OPTIONS: dict | None = None
+
 #: an elementwise score rewrite and its per-key weights `[b, k]`
 WeightedScoreMod = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor]
 
@@ -122,4 +126,12 @@ def attend_with_score_mods(
         flex = flex_attention
     else:
         flex = _compiled_flex_attention()
-    return flex(query, key, value, score_mod=score_mod, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    return flex(
+        query,
+        key,
+        value,
+        score_mod=score_mod,
+        scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+        kernel_options=FLEX_KERNEL_OPTIONS,
+    )

@@ -95,7 +95,7 @@ class ScoreMod:
 
     def bias(self, rows: AttentionRows) -> torch.Tensor:
         """The equivalent additive bias `[b, h, r, k]` in float32, for the unfused path."""
-        scores = rows.logits()
+        scores = rows.dot_products().float() * rows.scaling  # q.k in the inputs' dtype, as kernels do
         return self.fn(scores, self.weights(rows.state, rows.image_keys)[:, None, None, :]) - scores
 
 

@@ -1,0 +1,116 @@
+"""One decoding step's attention at LLaVA-1.5-7B shapes, in isolation: which kernel serves PAI best.
+
+For batch sizes 1..8 and a static-cache-sized key length, times (CUDA events, median of many
+calls, each variant compiled as the static-cache decode would compile it):
+  - `sdpa`: what the plain model runs (SDPA with the boolean cache mask);
+  - `sdpa_bias`: PAI as an additive bias (q.K^T, `alpha*|s|`, SDPA with a float mask): K read twice;
+  - `flex_mask`: FlexAttention with the mask only (the fused kernel's own cost);
+  - `flex_pai`: FlexAttention with PAI's score_mod (one pass over K), with several kernel options.
+Writes JSON to --out.
+
+    python scripts/bench_decode_attention.py --out evals/results/bench_decode_attention.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lvlm_guard import attention_math as am
+
+HEADS, HEAD_DIM, IMAGE = 32, 128, (5, 581)
+
+
+def amplified(score, weight):
+    return score + weight * score.abs()
+
+
+def variants(options_list):
+    scale = HEAD_DIM**-0.5
+
+    def sdpa(q, k, v, allowed, weights):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+
+    def sdpa_bias(q, k, v, allowed, weights):
+        s = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+        bias = (amplified(s, weights[:, None, None, :]) - s).to(q.dtype)
+        bias = bias.masked_fill(~allowed, torch.finfo(q.dtype).min)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+    def flex(options, mods):
+        def run(q, k, v, allowed, weights):
+            previous = am.FLEX_KERNEL_OPTIONS
+            am.FLEX_KERNEL_OPTIONS = options
+            try:
+                return am.attend_with_score_mods(q, k, v, allowed, [(fn, weights) for fn in mods], scale)
+            finally:
+                am.FLEX_KERNEL_OPTIONS = previous
+
+        return run
+
+    found = {"sdpa": sdpa, "sdpa_bias": sdpa_bias, "flex_mask": flex(None, [])}
+    for options in options_list:
+        found[f"flex_pai{json.dumps(options, sort_keys=True) if options else ''}"] = flex(options, [amplified])
+    return found
+
+
+def time_variant(fn, inputs, calls: int) -> float:
+    compiled = torch.compile(fn, dynamic=False)
+    for _ in range(5):
+        compiled(*inputs)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(calls):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        compiled(*inputs)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument("--key-len", type=int, default=685, help="static cache: 621 prompt + 64 new tokens")
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument(
+        "--options",
+        type=json.loads,
+        default=[None, {"BLOCK_N": 32}, {"BLOCK_N": 128}, {"num_warps": 8}, {"SPLIT_KV": 16}],
+        help="JSON list of FlexAttention kernel_options dicts (null: defaults)",
+    )
+    args = parser.parse_args()
+    torch._dynamo.config.cache_size_limit = 256
+    results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "key_len": args.key_len, "rows": []}
+    for batch in args.batch_sizes:
+        g = torch.Generator(device="cuda").manual_seed(batch)
+        q = torch.randn(batch, HEADS, 1, HEAD_DIM, device="cuda", generator=g, dtype=torch.bfloat16)
+        k = torch.randn(batch, HEADS, args.key_len, HEAD_DIM, device="cuda", generator=g, dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        allowed = torch.zeros(batch, 1, 1, args.key_len, dtype=torch.bool, device="cuda")
+        allowed[..., : args.key_len - 30] = True  # the cache slots written so far
+        weights = torch.zeros(batch, args.key_len, device="cuda")
+        weights[:, IMAGE[0] : IMAGE[1]] = 0.2
+        inputs = (q, k, v, allowed, weights)
+        row = {"batch": batch}
+        for name, fn in variants(args.options).items():
+            try:
+                row[name] = time_variant(fn, inputs, args.calls)
+            except Exception as error:  # an option the kernel rejects
+                row[name] = repr(error)[:200]
+            print(f"b{batch} {name:40s} {row[name]}", flush=True)
+        results["rows"].append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
