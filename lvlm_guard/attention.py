@@ -59,11 +59,18 @@ def guarded_attention_forward(module, query, key, value, attention_mask, **kwarg
     return layer_attention(module, query, key, value, attention_mask, stock, **kwargs)
 
 
+#: "auto" fuses from this many (sequence, head) rows per step on: below it the fused kernel is
+#: slower than SDPA plus the bias (H100, 32 heads: 24.8 vs 16.9 us at batch 1, 33.4 vs 40.2 us at
+#: batch 4, 43.9 vs 69.0 us at batch 8; evals/results/bench_decode_attention.json)
+FUSED_MIN_ROWS = 128
+
+
 def _fused_allowed(query: torch.Tensor) -> bool:
-    """In "auto", only inside a compiled CUDA graph: called from eager code, the compiled kernel's
-    dispatch costs more than the second key read it saves (measured, evals/results/bench_overhead.md)."""
+    """In "auto": only inside a compiled CUDA graph (called from eager code, the compiled kernel's
+    dispatch costs more than the second key read it saves), and only for enough rows."""
     if FUSED_SCORE_MODS == "auto":
-        return query.is_cuda and torch.compiler.is_compiling()
+        rows = query.shape[0] * query.shape[1]
+        return query.is_cuda and torch.compiler.is_compiling() and rows >= FUSED_MIN_ROWS
     return FUSED_SCORE_MODS == "reference"
 
 

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
-#: FlexAttention kernel options for the fused path (None: its own heuristics); see
-#: scripts/bench_decode_attention.py for how they were chosen
-FLEX_KERNEL_OPTIONS: dict | None = None
+#: FlexAttention kernel options for the fused path. 8 warps: 24.8 vs 41.9 us (b1) and 43.9 vs
+#: 56.0 us (b8) against the defaults on an H100 at LLaVA-7B shapes
+#: (evals/results/bench_decode_attention.json, scripts/bench_decode_attention.py)
+FLEX_KERNEL_OPTIONS: dict | None = {"num_warps": 8}
 
 #: an elementwise score rewrite and its per-key weights `[b, k]`
 WeightedScoreMod = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor]
