@@ -87,14 +87,18 @@ class ScoreMod:
     (FlexAttention's `score_mod`) can apply while it streams the keys, so the edit costs no second
     read of the key cache. `weights(state, image_keys[b, k])` gives one float32 weight per key,
     `[b, k]`; `fn` must be made of elementwise torch ops, since it runs both on full tensors and
-    inside the kernel.
+    inside the kernel. `eager_bias` optionally computes the same bias in fewer kernels, for eager
+    decoding, which is bound by kernel launches (tests check it against `fn`).
     """
 
     weights: Callable[[GuardState, torch.Tensor], torch.Tensor]
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    eager_bias: Callable[[AttentionRows], torch.Tensor] | None = None
 
     def bias(self, rows: AttentionRows) -> torch.Tensor:
-        """The equivalent additive bias `[b, h, r, k]` in float32, for the unfused path."""
+        """The equivalent additive bias `[b, h, r, k]`, for the unfused path."""
+        if self.eager_bias is not None and not torch.compiler.is_compiling():
+            return self.eager_bias(rows)
         scores = rows.dot_products().float() * rows.scaling  # q.k in the inputs' dtype, as kernels do
         return self.fn(scores, self.weights(rows.state, rows.image_keys)[:, None, None, :]) - scores
 

@@ -255,3 +255,20 @@ def test_compiled_fused_kernel_matches_float64_on_cuda(batch, kv_heads):
     logits = logits.masked_fill(~allowed, float("-inf"))
     ref = torch.softmax(logits, -1) @ v.double().repeat_interleave(group, 1)
     torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_pai_eager_bias_equals_its_score_mod_form():
+    """PAI's three-kernel bias and `fn(s, w) - s` are the same numbers (float64)."""
+    import dataclasses
+
+    q, k, v, image_keys = random_case(3, 11)
+    q, k = q.double(), k.double()
+    state = GuardState(image_keys=image_keys)
+    mod = pai_edit(0.35).score_mod
+    from lvlm_guard.edits import AttentionRows
+
+    rows = AttentionRows(0, q, k.repeat_interleave(H // KV, 1), SCALING, image_keys, None, 0, False, state)
+    fast = mod.bias(rows)
+    generic = dataclasses.replace(mod, eager_bias=None).bias(rows)
+    torch.testing.assert_close(fast.double(), generic.double(), rtol=1e-6, atol=1e-6)  # generic path rounds to float32
+    assert (fast[..., image_keys[0]].abs().sum() > 0) and fast[0][..., ~image_keys[0]].abs().max() == 0

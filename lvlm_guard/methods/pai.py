@@ -16,7 +16,7 @@ from functools import partial
 import torch
 
 from lvlm_guard.contrastive import ImageFreeContrast
-from lvlm_guard.edits import AttentionEdit, InterventionPlan, ScoreMod
+from lvlm_guard.edits import AttentionEdit, AttentionRows, InterventionPlan, ScoreMod
 from lvlm_guard.errors import InterventionConfigError
 from lvlm_guard.methods.base import Intervention, check_layers, register_method
 from lvlm_guard.models.base import ModelSpec
@@ -31,6 +31,12 @@ def _amplified(score: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def _image_weights(alpha: float, state: GuardState, image_keys: torch.Tensor) -> torch.Tensor:
     """`[b, k]`: alpha at image keys (built once per decoding step, shared by the layers)."""
     return state.image_key_weights(image_keys, torch.float32, alpha)[:, 0, 0]
+
+
+def _amplification_bias(alpha: float, rows: AttentionRows) -> torch.Tensor:
+    """`_amplified(s, w) - s` = `alpha * |s|` on image keys, from unscaled q.k in three kernels."""
+    dots = rows.dot_products()
+    return dots.abs_().mul_(rows.image_key_weights(dots.dtype, alpha * rows.scaling))
 
 
 @register_method
@@ -61,7 +67,11 @@ class PAI(Intervention):
     def plan(self, spec: ModelSpec) -> InterventionPlan:
         if self.alpha == 0:
             return InterventionPlan()
-        amplify = ScoreMod(weights=partial(_image_weights, self.alpha), fn=_amplified)
+        amplify = ScoreMod(
+            weights=partial(_image_weights, self.alpha),
+            fn=_amplified,
+            eager_bias=partial(_amplification_bias, self.alpha),
+        )
         edit = AttentionEdit(rows="generating", score_mod=amplify)
         return InterventionPlan(attention={layer: [edit] for layer in self.layers(spec)})
 
