@@ -231,10 +231,17 @@ def bench_generation(model, args, results: dict, save) -> None:
                     "tokens_per_s_reps": reps[mode],
                     "peak_memory_gib": peaks[mode] / 2**30,
                     "ratio_to_plain": median / statistics.median(reps["plain"]) if "plain" in reps else None,
+                    # each repetition against the plain run next to it: drift of the machine cancels
+                    "ratio_to_plain_paired_median": statistics.median(
+                        [x / p for x, p in zip(reps[mode], reps["plain"])]
+                    )
+                    if "plain" in reps
+                    else None,
                 }
                 results["generation"].append(entry)
                 print(
                     f"{cache:7s} b{batch} {mode:9s} {median:8.1f} tok/s  x{entry['ratio_to_plain'] or 0:.3f}"
+                    f" (paired x{entry['ratio_to_plain_paired_median'] or 0:.3f})"
                     f"  peak {entry['peak_memory_gib']:.1f} GiB",
                     flush=True,
                 )
