@@ -128,11 +128,23 @@ class LayerAttention:
 
     # --- which rows and heads ----------------------------------------------------------------------
     def _row_start(self, edits, q_len: int) -> int:
-        """First query row to recompute: the prompt's last token, unless an edit needs every row."""
-        if q_len == 1 or any(e.rows in ("all", "after_image") for e in edits):
+        """First query row to recompute: the prompt's last token, the first row after every
+        sequence's image for `after_image` edits, or 0 when an edit needs every row."""
+        if q_len == 1 or any(e.rows == "all" for e in edits):
             return 0
+        if any(e.rows == "after_image" for e in edits):
+            return self._first_row_after_images(q_len)
         first_generating = self.state.prompt_len - 1 - self.state.query_offset
         return min(max(first_generating, 0), q_len - 1)
+
+    def _first_row_after_images(self, q_len: int) -> int:
+        """Rows before this one precede some sequence's last image token (one host sync, at prefill)."""
+        keys = self.state.image_keys
+        if keys is None or torch.compiler.is_compiling():
+            return 0
+        idx = torch.arange(keys.shape[1], device=keys.device)
+        first_after = int(torch.where(keys, idx, -1).amax(-1).min()) + 1  # over the batch
+        return min(max(first_after - self.state.query_offset, 0), q_len - 1)
 
     def _index(self, values, device) -> torch.Tensor:
         """A cached index tensor on `device` (no host-to-device copy per call)."""

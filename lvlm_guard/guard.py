@@ -77,12 +77,16 @@ class Guard:
         register_guarded_attention()
         setattr(self.model, MODEL_ATTR, self)
         try:
+            for item in self.interventions:
+                item.on_attach(self)
             self._original_attn = original
             self.model.set_attn_implementation({"text_config": GUARDED[original]})
             spec = self.adapter.spec
             for layer in range(spec.num_layers):
                 edits = self.plan.attention.get(layer, [])
-                setattr(self.adapter.attention(layer), LAYER_ATTR, LayerAttention(layer, edits, self.state, spec.num_heads))
+                setattr(
+                    self.adapter.attention(layer), LAYER_ATTR, LayerAttention(layer, edits, self.state, spec.num_heads)
+                )
             self._handles.append(self.model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
             for layer, edits in self.plan.head_outputs.items():
                 hook = self._head_output_hook(layer, edits)

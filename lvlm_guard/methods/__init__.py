@@ -10,5 +10,6 @@ from lvlm_guard.methods.base import (
     register_method,
 )
 from lvlm_guard.methods.pai import PAI
+from lvlm_guard.methods.var import VAR
 
-__all__ = ["PAI", "Intervention", "available_methods", "method_class", "parse_guard_spec", "register_method"]
+__all__ = ["PAI", "VAR", "Intervention", "available_methods", "method_class", "parse_guard_spec", "register_method"]

@@ -26,6 +26,10 @@ class Intervention(ABC):
     def plan(self, spec: ModelSpec) -> InterventionPlan:
         """The edits for a model of this shape; raises InterventionConfigError on bad layers/heads."""
 
+    def on_attach(self, guard: Guard) -> None:
+        """Per-model preparation that needs the loaded model (e.g. finding sink dimensions)."""
+        return None
+
     def logits_processor(self, guard: Guard, inputs: dict) -> LogitsProcessor | None:
         """A decoding-time processor (e.g. contrastive refinement), or None."""
         return None

@@ -1,0 +1,183 @@
+"""VAR: the fused redistribution against the official rule in float64, sinks, and the guard end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_attention_edits import SCALING, fake_module, random_case
+from test_guard import IMAGES, PROMPTS
+from tiny_models import tiny_llava
+
+import lvlm_guard as lg
+from lvlm_guard.attention import LayerAttention, stock_attention_function
+from lvlm_guard.methods.var import DIMS, SINKS, redistribution_log_factors
+from lvlm_guard.models import ModelSpec
+from lvlm_guard.sinks import massive_dims, rms_normalized, sink_dims_for, sink_scores
+from lvlm_guard.state import GuardState
+
+B, H, KV, D = 2, 4, 2, 8
+
+
+def official_redistribution(probs, image, sinks, p, rho, summ):
+    """The official rule, literally, in float64: scale sinks by p, give the freed mass to the
+    non-sink image tokens in proportion to their weights, in the selected rows only."""
+    out = probs.clone()
+    b, h, r, _ = probs.shape
+    selected_rows = 0
+    for i in range(b):
+        non_sink_image = image[i] & ~sinks[i]
+        for j in range(h):
+            for t in range(r):
+                row = probs[i, j, t]
+                image_mass = row[image[i]].sum()
+                portion = row[image[i] & sinks[i]].sum() / image_mass
+                if not (portion <= rho and image_mass >= summ and row[non_sink_image].sum() > 0):
+                    continue
+                selected_rows += 1
+                new = row.clone()
+                budget = (1 - p) * row[sinks[i]].sum()
+                new[sinks[i]] = row[sinks[i]] * p
+                new[non_sink_image] += budget * row[non_sink_image] / row[non_sink_image].sum()
+                out[i, j, t] = new
+    return out, selected_rows
+
+
+def planted_case(q_len, k_len, seed=0):
+    """Random q/k/v with a strong text sink (key 0), a visual sink (key 3) and an image span 2..8."""
+    torch.manual_seed(seed)
+    q, k, v, _ = random_case(q_len, k_len)
+    k[:, :, 0] += 1.5 * q.mean((1, 2))[:, None]
+    k[:, :, 3] += 1.0 * q.mean((1, 2))[:, None]
+    image = torch.zeros(B, k_len, dtype=torch.bool)
+    image[:, 2:9] = True
+    sinks = torch.zeros(B, k_len, dtype=torch.bool)
+    sinks[:, [0, 3]] = True
+    sinks[1, 5] = True
+    return q, k, v, image, sinks
+
+
+def test_log_factors_reproduce_the_official_rule_and_keep_rows_normalised():
+    torch.manual_seed(1)
+    probs = torch.softmax(torch.randn(B, H, 3, 12, dtype=torch.float64) * 2, -1)
+    image = torch.zeros(B, 12, dtype=torch.bool)
+    image[:, 2:9] = True
+    sinks = torch.zeros(B, 12, dtype=torch.bool)
+    sinks[:, [0, 4]] = True
+    ref, selected = official_redistribution(probs, image, sinks, p=0.6, rho=0.5, summ=0.2)
+    assert 0 < selected < B * H * 3  # both kinds of rows occur
+    fused = torch.softmax(probs.log() + redistribution_log_factors(probs, image, sinks, 0.6, 0.5, 0.2), -1)
+    torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fused.sum(-1), torch.ones(B, H, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("q_len", [1, 6])
+def test_var_edit_through_sdpa_equals_float64_reference(q_len):
+    """The layer's fused output equals (official redistribution of softmax) @ v, on the edited rows."""
+    k_len = 12
+    q, k, v, image, sinks = planted_case(q_len, k_len)
+    cfg = lg.VAR(start_layer=1, end_layer=2)
+    (edit,) = cfg.plan(ModelSpec(3, H, KV, D, H * D)).attention[1]
+    state = GuardState(image_keys=image, prompt_ids=torch.zeros(B, k_len - q_len + 1, dtype=torch.long))
+    state.query_offset = k_len - q_len
+    state.scratch[SINKS] = {1: sinks}
+    offset = k_len - q_len
+    causal = torch.arange(k_len)[None, :] <= (torch.arange(q_len) + offset)[:, None]
+    mask = causal[None, None].expand(B, 1, q_len, k_len)  # a cache of `offset` tokens, then the queries
+    module = fake_module(H // KV)
+    out, _ = LayerAttention(1, [edit], state, H)(
+        module, q, k, v, mask, stock_attention_function(module), scaling=SCALING
+    )
+
+    kr, vr = k.double().repeat_interleave(H // KV, 1), v.double().repeat_interleave(H // KV, 1)
+    logits = q.double() @ kr.transpose(-1, -2) * SCALING
+    probs = torch.softmax(logits.masked_fill(~causal, float("-inf")), -1)
+    new, selected = official_redistribution(probs, image, sinks, cfg.p, cfg.rho, cfg.summ)
+    after_image = (torch.arange(q_len) + offset) > 8  # rows after the image's last token
+    new = torch.where(after_image[None, None, :, None], new, probs)
+    assert selected > 0
+    ref = (new @ vr).transpose(1, 2)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    if q_len > 1:  # rows up to the image are untouched
+        torch.testing.assert_close(
+            out.double()[:, ~after_image], (probs @ vr).transpose(1, 2)[:, ~after_image], rtol=1e-5, atol=1e-5
+        )
+
+
+def test_sink_scores_and_dimension_discovery():
+    hidden = torch.randn(2, 5, 16)
+    hidden[0, 0, [3, 11]] = torch.tensor([300.0, -250.0])
+    scores = sink_scores(hidden, (3, 11))
+    expected = rms_normalized(hidden)[..., [3, 11]].abs().amax(-1)
+    torch.testing.assert_close(scores, expected)
+    assert scores[0, 0] > 3 > scores[1].max()
+    assert massive_dims([hidden[0, 0], hidden[0, 0] * 0.5], 2) == (3, 11)
+
+
+def test_var_without_sinks_changes_nothing_and_detach_restores():
+    model, processor = tiny_llava()
+    inputs = lg.Guard(model, processor, []).prepare(IMAGES, PROMPTS)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        guard = lg.attach(model, processor, [lg.VAR(tau=1e9)])  # no token reaches tau
+        dims = guard.state.scratch[DIMS]
+        assert len(dims) == 2 and all(0 <= d < model.config.text_config.hidden_size for d in dims)
+        guarded = model(**inputs).logits
+        assert not guard.state.scratch[SINKS][2].any()
+        guard.detach()
+        after = model(**inputs).logits
+    # the edited rows are recomputed through SDPA with a zero bias: equal up to rounding, on real tokens
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(guarded[real], plain[real], rtol=1e-5, atol=1e-5)
+    assert torch.equal(plain, after)
+
+
+def _sinky_var(model) -> lg.VAR:
+    """A VAR whose tau puts a few prompt tokens per layer over the threshold of this random model."""
+    text_config = model.config.text_config
+    dims = sink_dims_for(model.model.language_model, text_config, text_config.bos_token_id, range(1, 3))
+    return lg.VAR(tau=2.0, sink_dims=dims, start_layer=1, rho=1.0, summ=0.0)
+
+
+def test_var_changes_logits_and_cached_generation_equals_recomputation():
+    model, processor = tiny_llava()
+    var = _sinky_var(model)
+    inputs = lg.Guard(model, processor, []).prepare(IMAGES, PROMPTS)
+    with torch.no_grad():
+        plain = model(**inputs).logits[:, -1]
+    guard = lg.attach(model, processor, [var])
+    steps = 4
+    with torch.no_grad():
+        guarded = model(**inputs).logits[:, -1]
+        found = guard.state.scratch[SINKS]
+        assert any(s.any() and not s.all() for s in found.values()), "the test needs some sinks"
+        assert not torch.allclose(plain, guarded)
+        cached = model.generate(
+            **inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        for step in range(steps):
+            logits = model(
+                input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"], use_cache=False
+            ).logits[:, -1]
+            torch.testing.assert_close(logits, cached.logits[step], rtol=1e-4, atol=1e-4)
+            ids = torch.cat([ids, cached.sequences[:, ids.shape[1] : ids.shape[1] + 1]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    guard.detach()
+
+
+def test_var_batch_equals_one_by_one_and_composes_with_pai():
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, [_sinky_var(model), lg.PAI(alpha=0.5, gamma=None)])
+    batch = guard.generate(IMAGES, PROMPTS, max_new_tokens=5)
+    single = [guard.generate([img], [p], max_new_tokens=5) for img, p in zip(IMAGES, PROMPTS)]
+    assert batch.token_ids == [s.token_ids[0] for s in single]
+    guard.detach()
+
+
+def test_var_rejects_bad_settings():
+    with pytest.raises(lg.InterventionConfigError, match="p must be"):
+        lg.VAR(p=1.5)
+    with pytest.raises(lg.InterventionConfigError, match="layers"):
+        lg.VAR(start_layer=1, end_layer=99).plan(ModelSpec(4, H, KV, D, H * D))
+    with pytest.raises(lg.InterventionConfigError, match="sink_dims"):
+        lg.VAR(sink_dims=(5000,)).plan(ModelSpec(4, H, KV, D, H * D))
