@@ -191,10 +191,14 @@ class Guard:
         if seen:
             earlier = state.image_keys_for(input_ids.shape[0], seen, input_ids.device)
             image_keys = torch.cat([earlier, image_keys], dim=1)
-        elif not _extends(input_ids, state.prompt_ids):
+        new_prompt = not seen and not _extends(input_ids, state.prompt_ids)
+        if new_prompt:
             state.prompt_ids = input_ids
         state.query_offset = seen
         state.set_image_keys(image_keys)
+        if new_prompt and state.active:
+            for item in self.interventions:
+                item.on_prefill(self, input_ids, kwargs.get("attention_mask"))
         return None
 
     def _head_output_hook(self, layer: int, edits: list[HeadOutputEdit]):

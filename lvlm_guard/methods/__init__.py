@@ -11,5 +11,15 @@ from lvlm_guard.methods.base import (
 )
 from lvlm_guard.methods.pai import PAI
 from lvlm_guard.methods.var import VAR
+from lvlm_guard.methods.vhr import VHR
 
-__all__ = ["PAI", "VAR", "Intervention", "available_methods", "method_class", "parse_guard_spec", "register_method"]
+__all__ = [
+    "PAI",
+    "VAR",
+    "VHR",
+    "Intervention",
+    "available_methods",
+    "method_class",
+    "parse_guard_spec",
+    "register_method",
+]

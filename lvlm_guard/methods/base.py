@@ -30,6 +30,10 @@ class Intervention(ABC):
         """Per-model preparation that needs the loaded model (e.g. finding sink dimensions)."""
         return None
 
+    def on_prefill(self, guard: Guard, input_ids, attention_mask) -> None:
+        """Per-prompt preparation before the model reads a new prompt (e.g. an image-free pass)."""
+        return None
+
     def logits_processor(self, guard: Guard, inputs: dict) -> LogitsProcessor | None:
         """A decoding-time processor (e.g. contrastive refinement), or None."""
         return None

@@ -1,0 +1,104 @@
+"""VHR: head selection against hand computation, the reinforcement's exact reach, cache invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_guard import IMAGES, PROMPTS
+from tiny_models import tiny_llava
+
+import lvlm_guard as lg
+from lvlm_guard.edits import HeadOutputs
+from lvlm_guard.methods.vhr import NO_IMAGE, SCALE, VHD, _reinforce, vision_aware_heads
+from lvlm_guard.state import GuardState
+
+
+def test_vision_aware_heads_drop_surges_then_take_those_above_the_median():
+    divergence = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 30.0]], dtype=torch.float64)
+    # mean 7.25, std ~9.3: 30 is a surge; the median of the other seven is 4 -> heads 5, 6, 7 (values 5, 6, 7)
+    expected = torch.tensor([[False, False, False, False, True, True, True, False]])
+    assert torch.equal(vision_aware_heads(divergence), expected)
+
+
+def test_reinforce_measures_at_the_last_prompt_row_and_scales_generating_rows_only():
+    torch.manual_seed(0)
+    b, q, h, d = 2, 5, 6, 4
+    heads = torch.randn(b, q, h, d, dtype=torch.float64)
+    image_free = torch.randn(b, h, d, dtype=torch.float64)
+    state = GuardState(prompt_ids=torch.zeros(b, 5, dtype=torch.long))
+    state.scratch[NO_IMAGE] = {3: image_free}
+    out = _reinforce(lg.VHR(alpha=2.5), HeadOutputs(layer=3, state=state), heads)
+    divergence = (heads[:, -1] - image_free).norm(dim=-1)
+    torch.testing.assert_close(state.scratch[VHD][3].double(), divergence, rtol=1e-6, atol=1e-6)  # float32
+    selected = vision_aware_heads(state.scratch[VHD][3])
+    expected = heads.clone()
+    expected[:, -1] = torch.where(selected[..., None], 2.5 * heads[:, -1], heads[:, -1])
+    torch.testing.assert_close(out, expected)
+    step = torch.randn(b, 1, h, d, dtype=torch.float64)  # a decoding step reuses the selection
+    torch.testing.assert_close(
+        _reinforce(lg.VHR(alpha=2.5), HeadOutputs(layer=3, state=state), step),
+        torch.where(selected[:, None, :, None], 2.5 * step, step),
+    )
+
+
+def test_alpha_one_is_the_plain_model_and_vhr_changes_only_generating_rows():
+    model, processor = tiny_llava()
+    inputs = lg.Guard(model, processor, []).prepare(IMAGES, PROMPTS)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        guard = lg.attach(model, processor, [lg.VHR(alpha=1.0)])
+        same = model(**inputs).logits
+        guard.detach()
+        guard = lg.attach(model, processor, [lg.VHR()])
+        reinforced = model(**inputs).logits
+        scales = guard.state.scratch[SCALE]
+        guard.detach()
+    assert torch.equal(plain, same)
+    assert torch.equal(plain[:, :-1], reinforced[:, :-1])  # rows before the generating one: untouched
+    assert not torch.allclose(plain[:, -1], reinforced[:, -1])
+    picked = torch.stack(list(scales.values())) == 2.0  # [layers, b, h]
+    assert picked.any() and (picked.float().mean(-1) <= 0.5).all()
+
+
+def test_cached_generation_equals_recomputation_and_batch_equals_single():
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, [lg.VHR()])
+    inputs = guard.prepare(IMAGES, PROMPTS)
+    steps = 4
+    with torch.no_grad():
+        cached = model.generate(
+            **inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        for step in range(steps):
+            logits = model(
+                input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"], use_cache=False
+            ).logits[:, -1]
+            torch.testing.assert_close(logits, cached.logits[step], rtol=1e-4, atol=1e-4)
+            ids = torch.cat([ids, cached.sequences[:, ids.shape[1] : ids.shape[1] + 1]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    batch = guard.generate(IMAGES, PROMPTS, max_new_tokens=5)
+    single = [guard.generate([img], [p], max_new_tokens=5) for img, p in zip(IMAGES, PROMPTS)]
+    assert batch.token_ids == [s.token_ids[0] for s in single]
+    guard.detach()
+
+
+def test_vhr_composes_with_var_and_pai_and_rejects_bad_settings():
+    """Each part of a composition has its effect, and the composed guard keeps batch == one by one."""
+    model, processor = tiny_llava()
+    inputs = lg.Guard(model, processor, []).prepare(IMAGES, PROMPTS)
+    specs = ["var:tau=2.0:start_layer=1:rho=1.0:summ=0.0", "vhr", "pai:gamma=none:alpha=0.5"]
+    last = {}
+    for spec in [*specs, ",".join(specs)]:
+        guard = lg.attach(model, processor, lg.parse_guard_spec(spec))
+        with torch.no_grad():
+            last[spec] = model(**inputs).logits[:, -1]
+        if spec == ",".join(specs):
+            batch = guard.generate(IMAGES, PROMPTS, max_new_tokens=4)
+            single = [guard.generate([img], [p], max_new_tokens=4) for img, p in zip(IMAGES, PROMPTS)]
+            assert batch.token_ids == [s.token_ids[0] for s in single]
+        guard.detach()
+    for spec in specs:
+        assert not torch.allclose(last[spec], last[",".join(specs)])
+    with pytest.raises(lg.InterventionConfigError, match="alpha"):
+        lg.VHR(alpha=0)
