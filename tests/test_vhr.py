@@ -102,3 +102,14 @@ def test_vhr_composes_with_var_and_pai_and_rejects_bad_settings():
         assert not torch.allclose(last[spec], last[",".join(specs)])
     with pytest.raises(lg.InterventionConfigError, match="alpha"):
         lg.VHR(alpha=0)
+
+
+@pytest.mark.parametrize("spec", ["var:tau=2.0:start_layer=1:rho=1.0:summ=0.0", "vhr", "var:tau=2.0:start_layer=1,vhr"])
+def test_static_cache_generation_matches_dynamic_cache(spec):
+    """The masks `generate` passes with a static cache (4-D, cache-wide) reach VAR's and VHR's hooks right."""
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, lg.parse_guard_spec(spec))
+    dynamic = guard.generate(IMAGES, PROMPTS, max_new_tokens=5)
+    static = guard.generate(IMAGES, PROMPTS, max_new_tokens=5, cache_implementation="static")
+    assert static.token_ids == dynamic.token_ids
+    guard.detach()

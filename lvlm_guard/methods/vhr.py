@@ -104,9 +104,7 @@ def record_image_free_heads(guard, input_ids, attention_mask, layers) -> dict[in
     """Run the language model on the prompt with its image tokens removed (left-padded again) and
     return each layer's per-head outputs `[b, h, d]` at the last token."""
     adapter, spec = guard.adapter, guard.adapter.spec
-    keep = ~adapter.image_token_mask(input_ids)
-    if attention_mask is not None:
-        keep &= attention_mask.bool()
+    keep = ~adapter.image_token_mask(input_ids) & _real_tokens(attention_mask, input_ids.shape[1])
     lengths = keep.sum(1)
     width = int(lengths.max())
     ids = torch.zeros(input_ids.shape[0], width, dtype=input_ids.dtype, device=input_ids.device)
@@ -133,3 +131,14 @@ def record_image_free_heads(guard, input_ids, attention_mask, layers) -> dict[in
         for handle in handles:
             handle.remove()
     return recorded
+
+
+def _real_tokens(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | bool:
+    """`[b, length]` bool of non-padding prompt tokens from whatever mask `generate` passed: 2-D
+    (possibly as wide as a static cache) or 4-D (the last row's allowed keys)."""
+    if attention_mask is None:
+        return True
+    if attention_mask.dim() == 4:
+        row = attention_mask[:, 0, -1, :length]
+        return row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+    return attention_mask[:, :length].bool()
