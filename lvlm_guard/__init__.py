@@ -15,7 +15,7 @@ from lvlm_guard.errors import (
 )
 from lvlm_guard.guard import GenerationOutput, Guard, attach
 from lvlm_guard.loading import load
-from lvlm_guard.methods import PAI, VAR, VHR, Intervention, available_methods, parse_guard_spec
+from lvlm_guard.methods import IAF, PAI, VAR, VHR, Intervention, available_methods, parse_guard_spec
 from lvlm_guard.models import ModelAdapter, ModelSpec, adapter_for, supported_architectures
 from lvlm_guard.taps import Taps
 
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PAI",
+    "IAF",
     "VAR",
     "VHR",
     "GenerationOutput",

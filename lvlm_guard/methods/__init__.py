@@ -9,11 +9,13 @@ from lvlm_guard.methods.base import (
     parse_guard_spec,
     register_method,
 )
+from lvlm_guard.methods.iaf import IAF
 from lvlm_guard.methods.pai import PAI
 from lvlm_guard.methods.var import VAR
 from lvlm_guard.methods.vhr import VHR
 
 __all__ = [
+    "IAF",
     "PAI",
     "VAR",
     "VHR",
