@@ -311,6 +311,25 @@ class Guard:
         texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         return GenerationOutput(texts=texts, token_ids=token_ids, taps=recorded)
 
+    # --- VL-SAM (lvlm_guard.vlsam) ----------------------------------------------------------------
+    def locate(self, image, word: str, **kwargs):
+        """Attention map, peak and box of `word` in `image` (see `lvlm_guard.vlsam.locate`)."""
+        from lvlm_guard.vlsam import locate
+
+        return locate(self, image, word, **kwargs)
+
+    def segment(self, image, word: str | None = None, *, sam, **kwargs):
+        """SAM masks prompted by the attention map; word None lists objects first (open-ended)."""
+        from lvlm_guard.vlsam import segment
+
+        return segment(self, image, sam, word, **kwargs)
+
+    def attention_maps(self, image, answer: str, words: Sequence[str], **kwargs):
+        """`{word: [H, W] map}` for words of a generated `answer` (heatmaps for any generation)."""
+        from lvlm_guard.vlsam import attention_maps
+
+        return attention_maps(self, image, answer, list(words), **kwargs)
+
     def _taps_context(self, taps: Taps | bool | None):
         if taps is None or taps is False:
             return nullcontext()
