@@ -18,6 +18,7 @@ from lvlm_guard.loading import load
 from lvlm_guard.methods import IAF, PAI, VAR, VHR, Intervention, available_methods, parse_guard_spec
 from lvlm_guard.models import ModelAdapter, ModelSpec, adapter_for, supported_architectures
 from lvlm_guard.taps import Taps
+from lvlm_guard.vlsam import FlowConfig, Located, PromptConfig, SamRunner, load_sam
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,11 @@ __all__ = [
     "ModelSpec",
     "QuantizationUnavailableError",
     "Taps",
+    "FlowConfig",
+    "Located",
+    "PromptConfig",
+    "SamRunner",
+    "load_sam",
     "UnknownGuardError",
     "UnsupportedModelError",
     "adapter_for",

@@ -166,3 +166,12 @@ def test_locate_on_tiny_llava_gives_map_of_image_size():
     with pytest.raises(InputMismatchError):
         guard.attention_maps(img, "a cat", ["dog"])
     guard.detach()
+
+
+def test_layer_sum_ablation_adds_instead_of_multiplying():
+    layers = causal_probs(2, 2, 5, seed=5)
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril()
+    cfg = FlowConfig(propagate=False, regularize=False, renormalize=False)
+    got = attention_flow(layers, allowed, cfg)
+    want = sum((p * p.amax(-1).mean(-1)[:, None, None]).mean(0) for p in layers)
+    torch.testing.assert_close(got, want)

@@ -38,12 +38,15 @@ class FlowConfig:
         rollout uses 0.5; the paper writes the flow without it, so 0).
     renormalize: re-normalize rows after regularization so the flow stays a mixing of rows
         (our choice; the paper is silent; it keeps magnitudes comparable across layers).
+    propagate: False sums the layers' maps instead of multiplying them (an ablation, not the
+        paper: per-layer attention of the word, no flow).
     """
 
     head_weighting: str = "max-mean"
     regularize: bool = True
     residual: float = 0.0
     renormalize: bool = True
+    propagate: bool = True
 
     def __post_init__(self) -> None:
         if self.head_weighting not in ("max-mean", "uniform"):
@@ -97,7 +100,9 @@ def flow_step(
     if cfg.residual:
         eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
         a = (1.0 - cfg.residual) * a + cfg.residual * eye
-    return a if running is None else a @ running
+    if running is None:
+        return a
+    return a @ running if cfg.propagate else a + running
 
 
 def attention_flow(layers: list[torch.Tensor], allowed: torch.Tensor, cfg: FlowConfig = DEFAULT_FLOW) -> torch.Tensor:

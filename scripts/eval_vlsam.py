@@ -1,0 +1,185 @@
+"""VL-SAM maps on the embedded model's world: pointing accuracy and box IoU vs two baselines.
+
+For every (image, category present) pair of the split, the category's name is teacher-forced in
+"There is a <name> in the image." and its attention map computed (`Guard.locate`).
+- pointing: does the map's peak fall inside a ground-truth box of that category;
+- box IoU: the box of the map's hot region (>= threshold * max) vs the best-matching GT box.
+Baselines: centre of image (point at the centre; a centred box of the calib split's mean GT box
+size), and uniform attention (a map with no information: chance pointing = the fraction of the
+image the category's boxes cover; the box is the whole image). 95% bootstrap CIs over images.
+
+    python scripts/eval_vlsam.py --split test --num-images 200 --out evals/results/vlsam
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import lvlm_guard as lg
+from lvlm_guard.vlsam import FlowConfig, PromptConfig
+from lvlm_guard.world.coco_format import ensure_world
+
+VARIANTS = {
+    "vlsam": FlowConfig(),
+    "no-regularization": FlowConfig(regularize=False),
+    "uniform-heads": FlowConfig(head_weighting="uniform"),
+    "layer-sum": FlowConfig(propagate=False),
+    "layer-sum-raw": FlowConfig(propagate=False, regularize=False, renormalize=False),
+}
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def xyxy(bbox) -> tuple[float, float, float, float]:
+    x, y, w, h = bbox
+    return x, y, x + w, y + h
+
+
+def inside(point, box) -> bool:
+    return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
+
+
+def covered_fraction(boxes, width: int, height: int) -> float:
+    grid = np.zeros((height, width), dtype=bool)
+    for b in boxes:
+        grid[int(b[1]) : int(np.ceil(b[3])), int(b[0]) : int(np.ceil(b[2]))] = True
+    return float(grid.mean())
+
+
+def instances(root: Path, split: str) -> tuple[dict, dict, dict]:
+    data = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    images = {im["id"]: im for im in data["images"]}
+    boxes: dict[int, dict[str, list]] = {}
+    for ann in data["annotations"]:
+        boxes.setdefault(ann["image_id"], {}).setdefault(names[ann["category_id"]], []).append(xyxy(ann["bbox"]))
+    return images, boxes, names
+
+
+def bootstrap(per_image: list[list[float]], seed: int = 0, reps: int = 1000) -> dict:
+    flat_mean = float(np.mean([v for row in per_image for v in row]))
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(reps):
+        pick = rng.integers(0, len(per_image), len(per_image))
+        stats.append(np.mean([v for i in pick for v in per_image[i]]))
+    return {"mean": flat_mean, "ci95": [float(np.quantile(stats, 0.025)), float(np.quantile(stats, 0.975))]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--num-images", type=int, default=200)
+    ap.add_argument("--model", default="tiny-coco")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--variants", default="vlsam", help=f"comma list of {sorted(VARIANTS)}")
+    ap.add_argument("--box-threshold", type=float, default=PromptConfig().box_threshold)
+    ap.add_argument("--figure", type=int, default=8, help="images shown in the figure (0: none)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    root = ensure_world(args.split, progress=False)
+    images, boxes, _ = instances(root, args.split)
+    calib_root = ensure_world("calib", progress=False)
+    _, calib_boxes, _ = instances(calib_root, "calib")
+    sizes = [(b[2] - b[0], b[3] - b[1]) for per in calib_boxes.values() for bs in per.values() for b in bs]
+    mean_w, mean_h = (float(v) for v in np.mean(sizes, axis=0))
+
+    model, processor = lg.load(args.model, dtype=args.dtype, device_map=args.device)
+    guard = lg.attach(model, processor, [])
+    ids = sorted(boxes)[: args.num_images]
+    variants = args.variants.split(",")
+    prompts = PromptConfig(box_threshold=args.box_threshold)
+    rows = {k: {"pointing": [], "iou": []} for k in [*variants, "centre", "uniform"]}
+    shown = []
+    start = time.time()
+    for image_id in ids:
+        info = images[image_id]
+        image = Image.open(root / args.split / info["file_name"]).convert("RGB")
+        w, h = info["width"], info["height"]
+        centre = (w / 2, h / 2)
+        centre_box = (centre[0] - mean_w / 2, centre[1] - mean_h / 2, centre[0] + mean_w / 2, centre[1] + mean_h / 2)
+        per = {k: {"pointing": [], "iou": []} for k in rows}
+        for name, gt in sorted(boxes[image_id].items()):
+            for variant in variants:
+                found = guard.locate(image, name, flow=VARIANTS[variant], prompts=prompts)
+                per[variant]["pointing"].append(float(any(inside(found.point, b) for b in gt)))
+                per[variant]["iou"].append(max(iou(found.box, b) for b in gt))
+                if variant == variants[0] and len(shown) < args.figure and not any(s[0] == image_id for s in shown):
+                    shown.append((image_id, name, found.heatmap.numpy(), found.point, found.box, gt))
+            per["centre"]["pointing"].append(float(any(inside(centre, b) for b in gt)))
+            per["centre"]["iou"].append(max(iou(centre_box, b) for b in gt))
+            per["uniform"]["pointing"].append(covered_fraction(gt, w, h))
+            per["uniform"]["iou"].append(max(iou((0, 0, w, h), b) for b in gt))
+        for k in rows:
+            for m in ("pointing", "iou"):
+                rows[k][m].append(per[k][m])
+    seconds = time.time() - start
+    result = {
+        "split": args.split,
+        "images": len(ids),
+        "pairs": sum(len(r) for r in rows["centre"]["pointing"]),
+        "model": args.model,
+        "device": args.device,
+        "box_threshold": args.box_threshold,
+        "seconds": round(seconds, 1),
+        "command": "python scripts/eval_vlsam.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "results": {k: {m: bootstrap(v[m]) for m in ("pointing", "iou")} for k, v in rows.items()},
+    }
+    (args.out / f"vlsam_{args.split}.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        f"| map | pointing acc. (95% CI) | box IoU (95% CI) |  ({result['pairs']} pairs, {len(ids)} images)",
+        "|---|---|---|",
+    ]
+    for k, v in result["results"].items():
+        p, i = v["pointing"], v["iou"]
+        lines.append(
+            f"| {k} | {p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] "
+            f"| {i['mean']:.3f} [{i['ci95'][0]:.3f}, {i['ci95'][1]:.3f}] |"
+        )
+    print("\n".join(lines))
+    (args.out / f"vlsam_{args.split}_table.md").write_text("\n".join(lines) + "\n")
+    if shown:
+        figure(shown, root / args.split, images, args.out / f"vlsam_{args.split}_maps.png")
+
+
+def figure(shown, folder: Path, images: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    fig, axes = plt.subplots(2, (len(shown) + 1) // 2, figsize=(3 * ((len(shown) + 1) // 2), 6.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image_id, name, heat, point, box, gt) in zip(axes.flat, shown):
+        ax.imshow(Image.open(folder / images[image_id]["file_name"]).convert("RGB"))
+        ax.imshow(heat, cmap="jet", alpha=0.45)
+        for b in gt:
+            ax.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, color="lime", lw=1.5))
+        ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="white", ls="--", lw=1))
+        ax.plot(*point, "w*", ms=10)
+        ax.set_title(name, fontsize=9)
+    fig.suptitle("VL-SAM maps (green: GT boxes, star: peak, dashed: map box)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+if __name__ == "__main__":
+    main()
