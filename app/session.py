@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -150,19 +150,6 @@ def has_vlsam() -> bool:
     return hasattr(lg.Guard, "segment")
 
 
-__all__: Sequence[str] = [
-    "DEFAULT_MODEL",
-    "GUARDED",
-    "UNGUARDED",
-    "Parameter",
-    "answer_pair",
-    "guard_spec",
-    "guarded",
-    "has_vlsam",
-    "load_model",
-    "locate_word",
-    "method_parameters",
-    "model_lock",
-    "stream_answers",
-    "word_heatmap",
-]
+def guard_spec_check(spec: str) -> None:
+    """Raise the method's own typed error when the spec's parameters are invalid."""
+    lg.parse_guard_spec(spec)
