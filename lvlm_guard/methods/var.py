@@ -25,6 +25,7 @@ dimensions they are the two largest `|RMSNorm(h)|` dimensions of the BOS token's
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -47,18 +48,18 @@ def redistribution_log_factors(
 ) -> torch.Tensor:
     """`[b, h, r, k]` log multipliers of VAR's redistribution (0 where a row is not selected).
 
-    probs `[b, h, r, k]` (current attention, rows sum to 1); image, sinks `[b, k]` bool.
+    probs `[b, h, r, k]` (current attention, rows sum to 1); image, sinks `[b, k]` bool. The three
+    group masses come from one matmul against the groups' indicator columns (few kernels per layer).
     """
-    image_f, sinks_f = image[:, None, None, :].to(probs.dtype), sinks[:, None, None, :].to(probs.dtype)
-    non_sink_image = image_f * (1 - sinks_f)
-    image_mass = (probs * image_f).sum(-1, keepdim=True)  # I
-    visual_sink_mass = (probs * image_f * sinks_f).sum(-1, keepdim=True)  # Vs
-    sink_mass = (probs * sinks_f).sum(-1, keepdim=True)  # S: text and visual sinks
-    free_mass = (probs * non_sink_image).sum(-1, keepdim=True)  # N
+    groups = torch.stack([image, image & sinks, sinks], dim=-1).to(probs.dtype)  # [b, k, 3]
+    masses = torch.matmul(probs, groups[:, None])  # [b, h, r, 3]: image I, visual sinks Vs, sinks S
+    image_mass, visual_sink_mass, sink_mass = masses.unbind(-1)
+    free_mass = image_mass - visual_sink_mass  # N: non-sink image tokens
     selected = (visual_sink_mass <= rho * image_mass) & (image_mass >= summ) & (free_mass > 0)
     gain = torch.log1p((1 - p) * sink_mass / free_mass.clamp_min(torch.finfo(probs.dtype).tiny))
-    factors = sinks_f * torch.log(torch.tensor(p, dtype=probs.dtype)) + non_sink_image * gain
-    return torch.where(selected, factors, torch.zeros_like(factors))
+    non_sink_image = (image & ~sinks)[:, None, None, :].to(probs.dtype)
+    factors = math.log(p) * groups[:, None, None, :, 2] + gain[..., None] * non_sink_image
+    return torch.where(selected[..., None], factors, torch.zeros_like(factors))
 
 
 def _redistribution_bias(config: VAR, rows: AttentionRows) -> torch.Tensor:
@@ -97,8 +98,8 @@ class VAR(Intervention):
     sink_dims: tuple[int, ...] | None = None  # None: known per base LLM, else found from the BOS token
 
     def __post_init__(self) -> None:
-        if not 0 <= self.p <= 1:
-            raise InterventionConfigError(f"var: p must be in [0, 1], got {self.p}")
+        if not 0 < self.p <= 1:
+            raise InterventionConfigError(f"var: p must be in (0, 1], got {self.p}")
         if not 0 <= self.rho <= 1 or not 0 <= self.summ <= 1:
             raise InterventionConfigError(f"var: rho and summ must be in [0, 1], got {self.rho}, {self.summ}")
         if self.start_layer < 1:
