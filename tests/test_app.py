@@ -1,0 +1,259 @@
+"""The Streamlit chat: logic modules against references, and the page through streamlit's AppTest."""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+pytest.importorskip("streamlit")
+
+from app import heatmap, inputs, objects, session  # noqa: E402
+from lvlm_guard.errors import ImageInputError, InputMismatchError, InterventionConfigError  # noqa: E402
+
+TOKENS = 4  # answers are cut short: the tests check plumbing, not answer quality
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    return session.load_model("tiny-coco")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from lvlm_guard.world import build_world
+
+    return build_world(tmp_path_factory.mktemp("app_world"), seed=0, sizes={"test": 3}, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def sample(world):
+    first = objects.sample_images(world)[0]
+    return Image.open(first.path).convert("RGB"), first.objects
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+def test_read_image_accepts_png_and_returns_rgb():
+    image = inputs.read_image(_png(5, 3))
+    assert image.size == (5, 3) and image.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [(b"", "empty"), (b"not an image at all", "not an image"), (b"x" * (inputs.MAX_UPLOAD_BYTES + 1), "MB")],
+)
+def test_read_image_rejects_bad_uploads(data, needle):
+    with pytest.raises(ImageInputError, match=needle):
+        inputs.read_image(data, "f.bin")
+
+
+def test_read_image_refuses_too_many_pixels_before_decoding(monkeypatch):
+    monkeypatch.setattr(inputs, "MAX_PIXELS", 99)
+    with pytest.raises(ImageInputError, match="megapixels"):
+        inputs.read_image(_png(10, 10))
+    assert inputs.read_image(_png(9, 11)).size == (9, 11)
+
+
+def test_check_prompt():
+    assert inputs.check_prompt("  hi \n") == "hi"
+    for bad in ("", "   \n", None):
+        with pytest.raises(inputs.PromptInputError):
+            inputs.check_prompt(bad)
+
+
+# --- objects ----------------------------------------------------------------------------------------
+def test_mark_objects_flags_against_ground_truth_and_spans_match():
+    answer = "Two people stand near a Traffic light; a hot-dog and a car."
+    marks = objects.mark_objects(answer, frozenset({"person", "car"}))
+    assert [(m.category, m.status) for m in marks] == [
+        ("person", objects.PRESENT),
+        ("traffic light", objects.HALLUCINATED),
+        ("hot dog", objects.HALLUCINATED),
+        ("car", objects.PRESENT),
+    ]
+    assert [answer[m.start : m.end] for m in marks] == ["people", "Traffic light", "hot-dog", "car"]
+    text = objects.marked_markdown(answer, marks)
+    assert ":red-background[~~Traffic light~~]" in text and ":green-background[people]" in text
+
+
+def test_mark_objects_without_ground_truth_flags_nothing():
+    marks = objects.mark_objects("a dog on a sofa", None)
+    assert [m.category for m in marks] == ["dog", "couch"]
+    assert {m.status for m in marks} == {objects.UNCHECKED}
+
+
+def test_sample_images_carry_annotated_categories(world):
+    import json
+
+    samples = objects.sample_images(world)
+    data = json.loads((world / "annotations" / "instances_test.json").read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    for s in samples:
+        want = {names[a["category_id"]] for a in data["annotations"] if a["image_id"] == s.image_id}
+        assert s.objects == want and s.path.is_file()
+
+
+# --- heatmap ----------------------------------------------------------------------------------------
+def test_overlay_matches_float64_blend():
+    import matplotlib
+
+    image = Image.fromarray(np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3))
+    heat = torch.rand(4, 6, dtype=torch.float64)
+    got = np.asarray(heatmap.overlay(image, heat, alpha=0.3), dtype=np.float64)
+    h = heat.numpy()
+    scaled = (h - h.min()) / (h.max() - h.min())
+    want = 0.7 * np.asarray(image) / 255 + 0.3 * matplotlib.colormaps["jet"](scaled)[..., :3]
+    assert np.abs(got - np.round(want * 255)).max() <= 1
+
+
+def test_overlay_resizes_and_rejects_bad_maps():
+    image = Image.new("RGB", (8, 6))
+    assert heatmap.overlay(image, torch.rand(3, 4)).size == (8, 6)
+    flat = np.asarray(heatmap.overlay(image, torch.ones(6, 8), alpha=1.0))
+    assert (flat == flat[0, 0]).all()  # a constant map is one colour, not NaN
+    with pytest.raises(InputMismatchError):
+        heatmap.overlay(image, torch.rand(2, 3, 4))
+    with pytest.raises(InputMismatchError):
+        heatmap.overlay(image, torch.rand(6, 8), alpha=2)
+
+
+def test_answer_words_distinct_in_order():
+    assert heatmap.answer_words("A dog, a cat and a dog.") == ["A", "dog", "a", "cat", "and"]
+
+
+# --- session ----------------------------------------------------------------------------------------
+def test_method_parameters_and_guard_spec_cover_every_method():
+    import dataclasses
+
+    import lvlm_guard as lg
+    from lvlm_guard.methods.base import method_class
+
+    for name in lg.available_methods():
+        params = session.method_parameters(name)
+        assert {p.name for p in params} <= {f.name for f in dataclasses.fields(method_class(name))}
+        assert session.guard_spec({name: {p.name: p.default for p in params}}) == name
+    assert session.guard_spec({}) == "none"
+    spec = session.guard_spec({"pai": {"alpha": 0.5, "gamma": None}})
+    assert spec == "pai:alpha=0.5:gamma=none"
+    (pai,) = lg.parse_guard_spec(spec)
+    assert pai.alpha == 0.5 and pai.gamma is None
+    with pytest.raises(InterventionConfigError):
+        session.guard_spec_check("pai:alpha=-1")
+
+
+def test_stream_answers_grow_and_match_plain_guard_generate(model_and_processor, sample):
+    import lvlm_guard as lg
+
+    model, processor = model_and_processor
+    image, _ = sample
+    spec, prompt = "pai:alpha=1.0:gamma=none", "Describe the image."
+    events = list(session.stream_answers(model, processor, spec, image, prompt, TOKENS))
+    final = dict(events)
+    assert all(final[which].startswith(text) for which, text in events)  # each update extends the last
+    assert [w for w, _ in events].index(session.GUARDED) > 0  # unguarded streams first
+    assert len(events) > 2  # more than one update per answer: streamed, not all at once
+    guard = lg.attach(model, processor, lg.parse_guard_spec(spec))
+    try:
+        want_guarded = guard.generate([image], [prompt], max_new_tokens=TOKENS).texts[0]
+        with guard.disabled():
+            want_plain = guard.generate([image], [prompt], max_new_tokens=TOKENS).texts[0]
+    finally:
+        guard.detach()
+    assert final == {session.GUARDED: want_guarded, session.UNGUARDED: want_plain}
+    assert not hasattr(model, "_lvlm_guard")  # detached after the request
+
+
+def test_concurrent_requests_equal_sequential(model_and_processor, sample):
+    model, processor = model_and_processor
+    image, _ = sample
+    specs = ["pai:alpha=1.0:gamma=none", "none"]
+    sequential = [session.answer_pair(model, processor, s, image, "Describe the image.", TOKENS) for s in specs]
+    results: list = [None, None]
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = session.answer_pair(model, processor, specs[i], image, "Describe the image.", TOKENS)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == sequential
+
+
+def test_word_heatmap_shape_and_guard_changes_it(model_and_processor, sample):
+    model, processor = model_and_processor
+    image, _ = sample
+    answer = "There is a person."
+    args = (model, processor, "pai:alpha=2.0:gamma=none", image, "Describe the image.", answer, "person")
+    plain = session.word_heatmap(*args, guarded_run=False)
+    edited = session.word_heatmap(*args, guarded_run=True)
+    assert plain.shape == (image.height, image.width)
+    assert torch.isfinite(plain).all() and not torch.allclose(plain, edited)
+    with pytest.raises(InputMismatchError):
+        session.word_heatmap(*args[:-1], "giraffe", guarded_run=False)
+
+
+# --- the page (AppTest) -----------------------------------------------------------------------------
+@pytest.fixture
+def page(world, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LVLM_GUARD_APP_WORLD", str(world))
+    monkeypatch.setenv("LVLM_GUARD_APP_MODEL", "tiny-coco")
+    at = AppTest.from_file(str(REPO / "app" / "chat.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    at.sidebar.slider(key="max_new_tokens").set_value(TOKENS)
+    return at
+
+
+def test_page_answers_twice_and_flags_objects(page):
+    at = page
+    at.sidebar.toggle(key="use_pai").set_value(True).run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    subheaders = [s.value for s in at.subheader]
+    assert subheaders[0].startswith("Unguarded") and subheaders[1].startswith("Guarded: pai")
+    at.button[1].click().run()  # heatmap of the first word
+    assert not at.exception and not at.error
+    captions = [c for img in at.image for c in img.captions]
+    assert any(c.startswith("attention flow of") for c in captions), captions
+
+
+def test_page_empty_prompt_warns(page):
+    at = page
+    at.text_area(key="prompt").input("   ").run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert [w.value for w in at.warning] and "empty" in at.warning[0].value
+
+
+def test_page_bad_uploads_show_errors(page, monkeypatch):
+    at = page
+    at.radio[0].set_value("Upload").run()
+    at.file_uploader[0].set_value(("notes.txt", b"hello", "text/plain")).run()
+    assert not at.exception and "not an image" in at.error[0].value
+    monkeypatch.setattr(inputs, "MAX_PIXELS", 50)
+    at.file_uploader[0].set_value(("big.png", _png(10, 10), "image/png")).run()
+    assert not at.exception and "megapixels" in at.error[0].value
