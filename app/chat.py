@@ -4,7 +4,8 @@
     streamlit run app/chat.py -- --model llava-hf/llava-1.5-7b-hf
 
 Environment: LVLM_GUARD_APP_MODEL (model when no --model), LVLM_GUARD_APP_WORLD (a COCO root
-whose "test" split gives the sample images; default: the embedded world, built if missing).
+whose "test" split gives the sample images; default: the embedded world, built if missing),
+LVLM_GUARD_APP_MAX_NEW_TOKENS (the slider's starting value, 48).
 Logic lives in the sibling modules (no streamlit import) so it is unit-tested on its own.
 """
 
@@ -111,7 +112,8 @@ def main() -> None:
         st.error(f"Cannot load the model {name!r}: {err}")
         return
     st.sidebar.caption(f"Model: {name}")
-    max_new_tokens = st.sidebar.slider("Max new tokens", 4, 256, 48, key="max_new_tokens")
+    default_tokens = int(os.environ.get("LVLM_GUARD_APP_MAX_NEW_TOKENS", "48"))
+    max_new_tokens = st.sidebar.slider("Max new tokens", 1, 256, default_tokens, key="max_new_tokens")
     try:
         spec = session.guard_spec(method_controls())
     except GuardError as err:
@@ -150,7 +152,7 @@ def main() -> None:
     if not result or result["key"] != image_key:
         return
     left, right = st.columns(2)
-    show_answer(left, f"Unguarded ({session.UNGUARDED})", result["answers"][session.UNGUARDED], truth)
+    show_answer(left, "Unguarded", result["answers"][session.UNGUARDED], truth)
     show_answer(right, f"Guarded: {result['spec']}", result["answers"][session.GUARDED], truth)
     attention_panel(model, processor, image, truth, result)
 
