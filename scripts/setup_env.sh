@@ -5,8 +5,16 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import lvlm_guard, evals, pytest, pycocotools" 2>/dev/null; then
+if ! .venv/bin/python -c "import lvlm_guard, evals, pytest, pycocotools, streamlit, selenium" 2>/dev/null; then
     # torch first: on the project's machines 2.13.0 is a local CPU build; elsewhere pip fetches it
     .venv/bin/pip install -q "torch==2.13.0"
-    .venv/bin/pip install -q -e ".[dev,eval]"
+    .venv/bin/pip install -q -e ".[dev,eval,app]"
+fi
+# the app's browser test (tests/test_app_browser.py) drives Debian's chromium through chromedriver
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "setup_env: chromium/chromium-driver missing and not root; the browser test will skip" >&2
+    fi
 fi
