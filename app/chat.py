@@ -142,8 +142,8 @@ def main() -> None:
             for which, text in session.stream_answers(model, processor, spec, image, question, max_new_tokens):
                 answers[which] = text
                 slots[which].markdown(f"**{which}**\n\n{text} ▌")
-        except GuardError as err:
-            st.error(f"Generation failed: {err}")
+        except Exception as err:  # typed errors and anything else: a message, never a traceback
+            st.error(f"Generation failed ({type(err).__name__}): {err}")
             return
         for slot in slots.values():
             slot.empty()
@@ -173,15 +173,15 @@ def attention_panel(model, processor, image, truth, result) -> None:
                 model, processor, result["spec"], image, result["prompt"], answer, word, which == session.GUARDED
             )
             st.image(heatmap.overlay(image, heat), caption=f"attention flow of {word!r} over the image", width=320)
-        except GuardError as err:
-            st.error(f"No heatmap: {err}")
+        except Exception as err:
+            st.error(f"No heatmap ({type(err).__name__}): {err}")
     if session.has_vlsam() and st.button("VL-SAM: locate this word"):
         try:
             found = session.locate_word(model, processor, result["spec"], image, word)
             picture = heatmap.draw_point_box(heatmap.overlay(image, found.heatmap), found.point, found.box)
             st.image(picture, caption=f"VL-SAM point {found.point} and box for {word!r}", width=320)
-        except GuardError as err:
-            st.error(f"VL-SAM failed: {err}")
+        except Exception as err:
+            st.error(f"VL-SAM failed ({type(err).__name__}): {err}")
 
 
 main()
