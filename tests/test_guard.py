@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import tiny_llava
+from tiny_models import assert_cached_equals_recomputation, tiny_llava
 
 import lvlm_guard as lg
 from lvlm_guard.edits import HeadOutputEdit, HiddenStateEdit, InterventionPlan
@@ -166,17 +166,7 @@ def test_cached_generation_equals_full_recomputation_without_cache(fused, monkey
     inputs = guard.prepare(IMAGES, PROMPTS)
     steps = 5
     with torch.no_grad():
-        cached = model.generate(
-            **inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True
-        )
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        for step in range(steps):
-            logits = model(
-                input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"], use_cache=False
-            ).logits[:, -1]
-            torch.testing.assert_close(logits, cached.logits[step], rtol=1e-4, atol=1e-4)
-            ids = torch.cat([ids, cached.sequences[:, ids.shape[1] : ids.shape[1] + 1]], 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        assert_cached_equals_recomputation(model, inputs, steps)
     guard.detach()
 
 

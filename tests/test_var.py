@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_attention_edits import SCALING, fake_module, random_case
 from test_guard import IMAGES, PROMPTS
-from tiny_models import tiny_llava
+from tiny_models import assert_cached_equals_recomputation, tiny_llava
 
 import lvlm_guard as lg
 from lvlm_guard.attention import LayerAttention, stock_attention_function
@@ -151,17 +151,7 @@ def test_var_changes_logits_and_cached_generation_equals_recomputation():
         found = guard.state.scratch[SINKS]
         assert any(s.any() and not s.all() for s in found.values()), "the test needs some sinks"
         assert not torch.allclose(plain, guarded)
-        cached = model.generate(
-            **inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True
-        )
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        for step in range(steps):
-            logits = model(
-                input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"], use_cache=False
-            ).logits[:, -1]
-            torch.testing.assert_close(logits, cached.logits[step], rtol=1e-4, atol=1e-4)
-            ids = torch.cat([ids, cached.sequences[:, ids.shape[1] : ids.shape[1] + 1]], 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        assert_cached_equals_recomputation(model, inputs, steps)
     guard.detach()
 
 

@@ -29,9 +29,7 @@ def tiny_tokenizer(extra_special: tuple[str, ...] = ("<image>",)) -> PreTrainedT
     specials = ["<pad>", "<s>", "</s>", "<unk>", *extra_special]
     vocab = {tok: i for i, tok in enumerate([*specials, "USER", ":", "ASSISTANT", "\n", *WORDS])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     core.decoder = decoders.WordPiece(prefix="##")
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
@@ -116,3 +114,17 @@ def tiny_llava(
         num_additional_image_tokens=1,
     )
     return model, processor
+
+
+def assert_cached_equals_recomputation(model, inputs: dict, steps: int, tol: float = 1e-4) -> None:
+    """Generation with a KV cache gives, step by step, the last-row logits of a full forward
+    without cache over the prompt plus the tokens generated so far (guards must be cache-invariant)."""
+    cached = model.generate(
+        **inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    for step in range(steps):
+        logits = model(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"], use_cache=False).logits
+        torch.testing.assert_close(logits[:, -1], cached.logits[step], rtol=tol, atol=tol)
+        ids = torch.cat([ids, cached.sequences[:, ids.shape[1] : ids.shape[1] + 1]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
