@@ -2,6 +2,7 @@
 
     streamlit run app/chat.py                          # embedded tiny-coco model
     streamlit run app/chat.py -- --model llava-hf/llava-1.5-7b-hf
+    streamlit run app/chat.py -- --sam facebook/sam-vit-base     (or a local SAM / SAM 2 directory: masks)
 
 Environment: LVLM_GUARD_APP_MODEL (model when no --model), LVLM_GUARD_APP_WORLD (a COCO root
 whose "test" split gives the sample images; default: the embedded world, built if missing),
@@ -36,6 +37,18 @@ def _model_name() -> str:
 @st.cache_resource(show_spinner="Loading the model (once per process) ...")
 def cached_model(name: str):
     return session.load_model(name)
+
+
+def _sam_name() -> str | None:
+    """`--sam` (or LVLM_GUARD_APP_SAM): a SAM / SAM 2 hub id or directory; without it no masks are drawn."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--sam", default=os.environ.get("LVLM_GUARD_APP_SAM"))
+    return parser.parse_known_args(sys.argv[1:])[0].sam
+
+
+@st.cache_resource(show_spinner="Loading SAM (once per process) ...")
+def cached_sam(name: str):
+    return session.load_sam_runner(name)
 
 
 @st.cache_resource(show_spinner="Preparing sample images ...")
@@ -182,6 +195,16 @@ def attention_panel(model, processor, image, truth, result) -> None:
             st.image(picture, caption=f"VL-SAM point {found.point} and box for {word!r}", width=320)
         except Exception as err:
             st.error(f"VL-SAM failed ({type(err).__name__}): {err}")
+    sam_name = _sam_name()
+    if session.has_vlsam() and sam_name and st.button("VL-SAM: segment this word with SAM"):
+        try:
+            found = session.segment_word(model, processor, result["spec"], image, word, cached_sam(sam_name))
+            picture = heatmap.draw_mask(image, found.segmentation.mask.cpu().numpy())
+            for point in found.segmentation.positives:
+                picture = heatmap.draw_point_box(picture, point, found.segmentation.box or found.box)
+            st.image(picture, caption=f"SAM mask for {word!r} (score {found.segmentation.score:.2f})", width=320)
+        except Exception as err:
+            st.error(f"SAM failed ({type(err).__name__}): {err}")
 
 
 main()

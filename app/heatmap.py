@@ -54,3 +54,15 @@ def answer_words(answer: str) -> list[str]:
     for word in re.findall(r"[A-Za-z]+", answer):
         seen.setdefault(word, None)
     return list(seen)
+
+
+def draw_mask(
+    image: Image.Image, mask, color: tuple[int, int, int] = (0, 200, 255), alpha: float = 0.45
+) -> Image.Image:
+    """`image` with SAM's `[H, W]` bool mask blended in `color` (pixels outside the mask unchanged)."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float64)
+    inside = np.asarray(mask, dtype=bool)
+    if inside.shape != base.shape[:2]:
+        raise ValueError(f"mask {inside.shape} does not match the image {base.shape[:2]}")
+    blended = np.where(inside[..., None], (1 - alpha) * base + alpha * np.asarray(color, dtype=np.float64), base)
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))

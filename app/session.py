@@ -146,6 +146,17 @@ def locate_word(model, processor, spec: str, image, word: str):
             return guard.locate(image, word)
 
 
+def load_sam_runner(name_or_path: str) -> lg.SamRunner:
+    """SAM or SAM 2 (hub id or local directory) for VL-SAM masks; loaded once per process by the page."""
+    return lg.SamRunner(*lg.load_sam(name_or_path))
+
+
+def segment_word(model, processor, spec: str, image, word: str, sam: lg.SamRunner):
+    """VL-SAM for `word`: the map, its point prompts and SAM's mask (the first `Located`)."""
+    with guarded(model, processor, spec) as guard, guard.disabled():
+        return guard.segment(image, word, sam=sam)[0]
+
+
 def has_vlsam() -> bool:
     return hasattr(lg.Guard, "segment")
 

@@ -257,3 +257,31 @@ def test_page_bad_uploads_show_errors(page, monkeypatch):
     monkeypatch.setattr(inputs, "MAX_PIXELS", 50)
     at.file_uploader[0].set_value(("big.png", _png(10, 10), "image/png")).run()
     assert not at.exception and "megapixels" in at.error[0].value
+
+
+def test_sam_masks_for_a_word_and_their_overlay(tmp_path):
+    """The page's SAM path: a SAM checkpoint directory loads through `load_sam_runner`, the mask comes
+    back at the image's size, and the overlay changes exactly the masked pixels (float64 reference)."""
+    import numpy as np
+    from PIL import Image
+    from test_vlsam import tiny_sam
+    from tiny_models import tiny_llava
+
+    from app import heatmap, session
+
+    sam_model, sam_processor = tiny_sam()
+    sam_model.save_pretrained(tmp_path / "sam")
+    sam_processor.save_pretrained(tmp_path / "sam")
+    runner = session.load_sam_runner(str(tmp_path / "sam"))
+    model, processor = tiny_llava()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (36, 40, 3), dtype=np.uint8))
+    found = session.segment_word(model, processor, "none", image, "dog", runner)
+    mask = found.segmentation.mask.cpu().numpy()
+    assert mask.shape == (36, 40) and mask.dtype == bool
+    mask = np.zeros((36, 40), dtype=bool)
+    mask[5:20, 10:30] = True
+    out = np.asarray(heatmap.draw_mask(image, mask, color=(0, 200, 255), alpha=0.5), dtype=np.float64)
+    base = np.asarray(image, dtype=np.float64)
+    expected = np.where(mask[..., None], 0.5 * base + 0.5 * np.array([0, 200, 255.0]), base)
+    assert np.abs(out - np.rint(expected)).max() <= 1
+    assert np.array_equal(out[~mask], base[~mask])
