@@ -159,6 +159,17 @@ class HiddenStateEdit:
     fn: Callable[[int, GuardState, torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class TokenExit:
+    """Image tokens leave the sequence after decoder layer `layer` (DyVTE; `lvlm_guard.token_exit_hooks`).
+
+    Unlike a `HiddenStateEdit` it changes the sequence length: later layers, their KV cache and
+    the final norm/lm_head see the text tokens only.
+    """
+
+    layer: int
+
+
 @dataclass
 class InterventionPlan:
     """Everything one intervention asks for, by layer index."""
@@ -166,6 +177,7 @@ class InterventionPlan:
     attention: dict[int, list[AttentionEdit]] = field(default_factory=dict)
     head_outputs: dict[int, list[HeadOutputEdit]] = field(default_factory=dict)
     hidden_states: dict[int, list[HiddenStateEdit]] = field(default_factory=dict)
+    token_exit: TokenExit | None = None
 
     def merge(self, other: InterventionPlan) -> InterventionPlan:
         """Union of two plans; edits on the same layer keep the order of the interventions."""
@@ -175,4 +187,6 @@ class InterventionPlan:
             for plan in (self, other):
                 for layer, edits in getattr(plan, name).items():
                     target.setdefault(layer, []).extend(edits)
+        exits = [p.token_exit for p in (self, other) if p.token_exit is not None]
+        merged.token_exit = min(exits, key=lambda e: e.layer) if exits else None  # the earliest exit wins
         return merged

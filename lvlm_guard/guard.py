@@ -94,6 +94,11 @@ class Guard:
             for layer, edits in self.plan.hidden_states.items():
                 hook = self._hidden_state_hook(layer, edits)
                 self._handles.append(self.adapter.decoder_layers[layer].register_forward_hook(hook))
+            if self.plan.token_exit is not None:
+                from lvlm_guard.token_exit_hooks import TokenExitHooks
+
+                exit_hooks = TokenExitHooks(self.plan.token_exit.layer, self.adapter, self.state)
+                self._handles.extend(exit_hooks.install(self.model))
         except BaseException:
             self._remove_hooks()
             raise

@@ -11,6 +11,7 @@ from lvlm_guard.methods.base import (
 )
 from lvlm_guard.methods.iaf import IAF
 from lvlm_guard.methods.pai import PAI
+from lvlm_guard.methods.token_exit import VisualTokenExit
 from lvlm_guard.methods.var import VAR
 from lvlm_guard.methods.vhr import VHR
 
@@ -19,6 +20,7 @@ __all__ = [
     "PAI",
     "VAR",
     "VHR",
+    "VisualTokenExit",
     "Intervention",
     "available_methods",
     "method_class",

@@ -1,0 +1,129 @@
+"""Visual-token exit: later layers see text tokens only, exactly as a hand-built reference loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_guard import IMAGES, PROMPTS
+from tiny_models import assert_cached_equals_recomputation, tiny_llava
+
+import lvlm_guard as lg
+from lvlm_guard.errors import GuardStateError, InterventionConfigError
+from lvlm_guard.methods.token_exit import VisualTokenExit
+from lvlm_guard.token_exit_hooks import repack_indices, short_key_allowed
+
+
+def test_repack_indices_left_pads_the_kept_rows():
+    keep = torch.tensor([[True, False, True, True], [False, False, True, False]])
+    index, valid = repack_indices(keep)
+    assert index.tolist() == [[0, 2, 3], [0, 0, 2]]
+    assert valid.tolist() == [[True, True, True], [False, False, True]]
+
+
+def test_short_key_allowed_is_causal_in_slots_and_pads_see_themselves():
+    keys = torch.tensor([[-1, 3, 5, 9]])
+    queries = torch.tensor([[-1, 9]])  # this forward's two queries are the last two keys
+    allowed = short_key_allowed(keys, queries)[0, 0]
+    assert allowed.tolist() == [[False, False, True, False], [False, True, True, True]]
+
+
+def reference_logits(model, inputs, exit_layer: int) -> list[torch.Tensor]:
+    """Per sequence: stock layers <= exit_layer on everything, then layers > exit_layer on the
+    text (non-image, non-padding) tokens only, at their original positions, plain causal mask."""
+    lm = model.model.language_model
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+    image_id = model.config.image_token_id
+    results = []
+    for b in range(inputs["input_ids"].shape[0]):
+        ids, mask = inputs["input_ids"][b], inputs["attention_mask"][b].bool()
+        keep = (ids != image_id) & mask
+        positions = (mask.long().cumsum(0) - 1).clamp(min=0)  # what generate/LLaVA use with left padding
+        h = out.hidden_states[exit_layer + 1][b : b + 1, keep].double()
+        pos = positions[keep][None]
+        n = h.shape[1]
+        causal = torch.full((n, n), torch.finfo(torch.float64).min, dtype=torch.float64).triu(1)[None, None]
+        lm64 = lm.double()
+        with torch.no_grad():
+            pe = lm64.rotary_emb(h, position_ids=pos)
+            for layer in lm64.layers[exit_layer + 1 :]:
+                h = layer(h, attention_mask=causal, position_embeddings=pe, position_ids=pos)
+            logits = model.lm_head.double()(lm64.norm(h))[0]
+        lm.float()
+        model.lm_head.float()
+        results.append(logits.float())
+    return results
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("exit_layer", [0, 2])
+def test_exit_equals_text_only_reference(attn, exit_layer):
+    model, processor = tiny_llava(attn_implementation=attn)
+    guard = lg.attach(model, processor, [VisualTokenExit(layer=exit_layer)])
+    inputs = guard.prepare(IMAGES, PROMPTS)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    guard.detach()
+    expected = reference_logits(model, inputs, exit_layer)
+    for b, ref in enumerate(expected):
+        n = ref.shape[0]
+        torch.testing.assert_close(logits[b, -n:], ref, rtol=1e-4, atol=1e-4)
+    assert logits.shape[1] == max(r.shape[0] for r in expected)  # the sequence really shrank
+
+
+def test_cached_generation_equals_recomputation_and_batch_equals_one_by_one():
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, [VisualTokenExit(layer=1)])
+    inputs = guard.prepare(IMAGES, PROMPTS)
+    with torch.no_grad():
+        assert_cached_equals_recomputation(model, inputs, steps=5)
+    batch = guard.generate(IMAGES, PROMPTS, max_new_tokens=6)
+    single = [guard.generate([img], [p], max_new_tokens=6) for img, p in zip(IMAGES, PROMPTS)]
+    assert batch.token_ids == [s.token_ids[0] for s in single]
+    guard.detach()
+
+
+def test_later_layer_caches_hold_text_only():
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, [VisualTokenExit(layer=1)])
+    inputs = guard.prepare([IMAGES[0]], [PROMPTS[0]])
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+    n_image = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    cache = out.past_key_values
+    assert cache.layers[1].keys.shape[2] == inputs["input_ids"].shape[1]
+    assert cache.layers[2].keys.shape[2] == inputs["input_ids"].shape[1] - n_image
+    guard.detach()
+
+
+def test_composes_with_pai_and_detach_is_bit_identical():
+    model, processor = tiny_llava()
+    plain = lg.Guard(model, processor, [])
+    inputs = plain.prepare(IMAGES, PROMPTS)
+    with torch.no_grad():
+        before = model(**inputs).logits
+    exit_only = lg.attach(model, processor, [VisualTokenExit(layer=2)])
+    with torch.no_grad():
+        only = model(**inputs).logits
+    exit_only.detach()
+    guard = lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None, start_layer=0), VisualTokenExit(layer=2)])
+    with torch.no_grad():
+        both = model(**inputs).logits
+        assert_cached_equals_recomputation(model, inputs, steps=4)
+    assert both.shape == only.shape
+    assert not torch.allclose(both[:, -1], only[:, -1])  # PAI still acts in layers <= exit
+    with guard.disabled(), torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, before, rtol=0, atol=0)
+    guard.detach()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, before, rtol=0, atol=0)
+
+
+def test_bad_layer_and_static_cache_raise_typed_errors():
+    model, processor = tiny_llava()
+    with pytest.raises(InterventionConfigError, match="exit: layer 9"):
+        lg.attach(model, processor, [VisualTokenExit(layer=9)])
+    guard = lg.attach(model, processor, [VisualTokenExit(layer=1)])
+    with pytest.raises(GuardStateError, match="dynamic KV cache"):
+        guard.generate(IMAGES, PROMPTS, max_new_tokens=2, cache_implementation="static")
+    guard.detach()
