@@ -164,10 +164,12 @@ class TokenExit:
     """Image tokens leave the sequence after decoder layer `layer` (DyVTE; `lvlm_guard.token_exit_hooks`).
 
     Unlike a `HiddenStateEdit` it changes the sequence length: later layers, their KV cache and
-    the final norm/lm_head see the text tokens only.
+    the final norm/lm_head see the text tokens only. With `decide` (and `layer` None) the exit
+    layer is found at prefill: `decide(layer, hidden[b, q, D], image_tokens[b, q], mask) -> bool`.
     """
 
-    layer: int
+    layer: int | None
+    decide: Callable[..., bool] | None = None
 
 
 @dataclass
@@ -188,5 +190,7 @@ class InterventionPlan:
                 for layer, edits in getattr(plan, name).items():
                     target.setdefault(layer, []).extend(edits)
         exits = [p.token_exit for p in (self, other) if p.token_exit is not None]
-        merged.token_exit = min(exits, key=lambda e: e.layer) if exits else None  # the earliest exit wins
+        if len(exits) > 1:
+            raise ValueError("only one token exit per guard")
+        merged.token_exit = exits[0] if exits else None
         return merged

@@ -97,7 +97,8 @@ class Guard:
             if self.plan.token_exit is not None:
                 from lvlm_guard.token_exit_hooks import TokenExitHooks
 
-                exit_hooks = TokenExitHooks(self.plan.token_exit.layer, self.adapter, self.state)
+                token_exit = self.plan.token_exit
+                exit_hooks = TokenExitHooks(token_exit.layer, self.adapter, self.state, token_exit.decide)
                 self._handles.extend(exit_hooks.install(self.model))
         except BaseException:
             self._remove_hooks()

@@ -16,7 +16,7 @@ and padding of later layers follow from it alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -92,14 +92,23 @@ class ExitBook:
     attention_mask: torch.Tensor | None = None
     past: object | None = None
     active: bool = False
-    extra: dict = field(default_factory=dict)
+    deciding: bool = False  # this forward reads a new prompt: the router may decide
+    exit_at: int | None = None  # the exit layer of this prompt (None: not exited yet)
 
 
 class TokenExitHooks:
-    """Installs the hooks that shrink the sequence after `exit_layer` (owned by a Guard)."""
+    """Installs the hooks that shrink the sequence after the exit layer (owned by a Guard).
 
-    def __init__(self, exit_layer: int, adapter, state: GuardState) -> None:
+    The exit layer is fixed (`exit_layer`) or found at prefill by `decide(layer, hidden,
+    image_tokens[b, q], attention_mask) -> bool`, asked after each layer until it says exit
+    (DyVTE's router, `lvlm_guard.exit_router`).
+    """
+
+    def __init__(self, exit_layer: int | None, adapter, state: GuardState, decide=None) -> None:
+        if exit_layer is None and decide is None:
+            raise ValueError("token exit needs a fixed layer or a decision function")
         self.exit_layer = exit_layer
+        self.decide = decide
         self.adapter = adapter
         self.state = state
         self.book = ExitBook()
@@ -107,13 +116,30 @@ class TokenExitHooks:
     def install(self, model) -> list:
         layers = self.adapter.decoder_layers
         handles = [model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True)]
-        if self.exit_layer + 1 >= len(layers):
-            return handles  # exit after the last layer: nothing to shrink
-        handles.append(layers[self.exit_layer + 1].register_forward_pre_hook(self._shrink, with_kwargs=True))
-        for layer in range(self.exit_layer + 2, len(layers)):
-            handles.append(layers[layer].register_forward_pre_hook(self._rewrite, with_kwargs=True))
-        handles.append(layers[-1].register_forward_hook(self._restore))
+        first = 1 if self.exit_layer is None else self.exit_layer + 1
+        for layer in range(first, len(layers)):
+            handles.append(layers[layer].register_forward_pre_hook(self._layer_hook(layer), with_kwargs=True))
+        if first < len(layers):
+            handles.append(layers[-1].register_forward_hook(self._restore))
         return handles
+
+    def _layer_hook(self, layer: int):
+        def hook(module, args, kwargs):
+            book = self.book
+            if not book.active:
+                return None
+            if book.exit_at is None and self.decide is not None and book.deciding:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                image_tokens = self.adapter.image_token_mask(book.input_ids).to(hidden.device)
+                if self.decide(layer - 1, hidden, image_tokens, book.attention_mask):
+                    book.exit_at = layer - 1
+            if book.exit_at is None or layer <= book.exit_at:
+                return None
+            if layer == book.exit_at + 1:
+                return self._shrink(module, args, kwargs)
+            return self._rewrite(module, args, kwargs)
+
+        return hook
 
     # --- hooks -------------------------------------------------------------------------------------
     def _on_model_forward(self, module, args, kwargs):
@@ -130,8 +156,10 @@ class TokenExitHooks:
                 f"token exit needs a dynamic KV cache (its later layers hold fewer tokens); got {type(past).__name__}"
                 " - static caches and torch.compile are not supported with exit"
             )
-        if past is None or past.get_seq_length() == 0:
+        book.deciding = past is None or past.get_seq_length() == 0  # a new prompt (or no cache)
+        if book.deciding:
             book.kept_slots = None
+            book.exit_at = self.exit_layer
         book.input_ids = input_ids
         book.attention_mask = kwargs.get("attention_mask")
         book.past = past

@@ -127,3 +127,47 @@ def test_bad_layer_and_static_cache_raise_typed_errors():
     with pytest.raises(GuardStateError, match="dynamic KV cache"):
         guard.generate(IMAGES, PROMPTS, max_new_tokens=2, cache_implementation="static")
     guard.detach()
+
+
+def test_router_decision_matches_hand_computation():
+    from lvlm_guard.exit_router import ExitRouter, after_image_mask
+    from lvlm_guard.methods.token_exit import router_decision
+
+    torch.manual_seed(0)
+    router = ExitRouter(num_layers=3, hidden_size=4)
+    hidden = torch.randn(2, 5, 4)
+    image_tokens = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
+    assert after_image_mask(image_tokens, mask).tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+    h = hidden.double()
+    feats = torch.stack([torch.cat([h[0, 3:].mean(0), h[0, -1]]), torch.cat([h[1, 2:].mean(0), h[1, -1]])])
+    lin = router.routers[1]
+    logits = feats @ lin.weight.double().T + lin.bias.double()
+    p_exit = logits.softmax(-1)[:, 1]
+    for threshold in (0.2, 0.5, 0.8):
+        expected = bool((p_exit > threshold).all())
+        assert router_decision(router, threshold, 1, hidden, image_tokens, mask) == expected
+    assert router_decision(router, 0.5, 1, hidden, torch.zeros_like(image_tokens), mask) is False
+
+
+def test_router_that_exits_at_a_layer_equals_the_fixed_exit(tmp_path):
+    from lvlm_guard.exit_router import ExitRouter
+
+    model, processor = tiny_llava()
+    spec_layers = model.config.text_config.num_hidden_layers
+    router = ExitRouter(spec_layers, model.config.text_config.hidden_size)
+    with torch.no_grad():
+        for layer, lin in enumerate(router.routers):
+            lin.weight.zero_()
+            lin.bias.copy_(torch.tensor([0.0, 5.0]) if layer == 1 else torch.tensor([5.0, 0.0]))
+    router.save(tmp_path)
+    inputs = lg.Guard(model, processor, []).prepare(IMAGES, PROMPTS)
+    results = []
+    for method in (VisualTokenExit(layer=1), VisualTokenExit(router=str(tmp_path))):
+        guard = lg.attach(model, processor, [method])
+        with torch.no_grad():
+            results.append(model(**inputs).logits)
+            if method.router is not None:
+                assert_cached_equals_recomputation(model, inputs, steps=3)
+        guard.detach()
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)

@@ -5,17 +5,41 @@ DyVTE's finding: after some layer the text tokens have absorbed what they need f
 and the visual tokens can leave the sequence with little quality loss and a large speed-up.
 This guard removes them after decoder layer `layer` (the mechanics are in
 `lvlm_guard.token_exit_hooks`): layers <= `layer` run on the full sequence, later layers and
-their KV cache on the text tokens only.
+their KV cache on the text tokens only. With `router=<dir>` (or `router=tiny-coco`, the shipped
+one) the exit layer is DyVTE's learned decision instead (`lvlm_guard.exit_router`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
 
 from lvlm_guard.edits import InterventionPlan, TokenExit
 from lvlm_guard.errors import InterventionConfigError
+from lvlm_guard.exit_router import ExitRouter, after_image_mask, router_features
 from lvlm_guard.methods.base import Intervention, register_method
 from lvlm_guard.models.base import ModelSpec
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def router_decision(
+    router: ExitRouter, threshold: float, layer: int, hidden: torch.Tensor, image_tokens, attention_mask
+) -> bool:
+    """Exit after `layer` when every sequence's router gives p(exit) > threshold (one exit per batch)."""
+    if not bool(image_tokens.any()):
+        return False  # nothing to remove (an image-free forward)
+    features = router_features(hidden, after_image_mask(image_tokens, attention_mask).to(hidden.device))
+    return bool((router.exit_probability(layer, features) > threshold).all())
+
+
+def resolve_router(name: str) -> Path:
+    """`tiny-coco` -> the shipped router of the embedded model; anything else is a directory."""
+    shipped = CHECKPOINTS / f"{name}-exit-router"
+    return shipped if shipped.is_dir() else Path(name)
 
 
 @register_method
@@ -23,10 +47,21 @@ from lvlm_guard.models.base import ModelSpec
 class VisualTokenExit(Intervention):
     name = "exit"
 
-    layer: int = 16  # middle of LLaVA-1.5-7B's 32 layers (issue 5: exits at 8/12/16 benchmarked)
+    layer: int | None = 16  # middle of LLaVA-1.5-7B's 32 layers (issue 5: exits at 8/12/16 benchmarked)
+    router: str | None = None  # a router directory or "tiny-coco"; replaces the fixed layer
+    threshold: float = 0.5  # DyVTE: argmax of the router's two logits = p(exit) > 0.5
 
     def plan(self, spec: ModelSpec) -> InterventionPlan:
-        if not 0 <= self.layer < spec.num_layers:
+        if not 0 < self.threshold < 1:
+            raise InterventionConfigError(f"exit: threshold must be in (0, 1), got {self.threshold}")
+        if self.router is not None:
+            router = ExitRouter.load(resolve_router(self.router))
+            if router.num_layers != spec.num_layers:
+                raise InterventionConfigError(
+                    f"exit: router {self.router!r} has {router.num_layers} layers, the model {spec.num_layers}"
+                )
+            return InterventionPlan(token_exit=TokenExit(None, partial(router_decision, router, self.threshold)))
+        if self.layer is None or not 0 <= self.layer < spec.num_layers:
             raise InterventionConfigError(
                 f"exit: layer {self.layer} does not exist; the model has layers 0..{spec.num_layers - 1}"
             )
