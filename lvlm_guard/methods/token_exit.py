@@ -47,7 +47,7 @@ def resolve_router(name: str) -> Path:
 class VisualTokenExit(Intervention):
     name = "exit"
 
-    layer: int | None = 16  # middle of LLaVA-1.5-7B's 32 layers (issue 5: exits at 8/12/16 benchmarked)
+    layer: int | None = None  # None: the middle layer (16 of LLaVA-1.5-7B's 32; issue 5 benchmarks 8/12/16)
     router: str | None = None  # a router directory or "tiny-coco"; replaces the fixed layer
     threshold: float = 0.5  # DyVTE: argmax of the router's two logits = p(exit) > 0.5
 
@@ -61,8 +61,9 @@ class VisualTokenExit(Intervention):
                     f"exit: router {self.router!r} has {router.num_layers} layers, the model {spec.num_layers}"
                 )
             return InterventionPlan(token_exit=TokenExit(None, partial(router_decision, router, self.threshold)))
-        if self.layer is None or not 0 <= self.layer < spec.num_layers:
+        layer = spec.num_layers // 2 if self.layer is None else self.layer
+        if not 0 <= layer < spec.num_layers:
             raise InterventionConfigError(
-                f"exit: layer {self.layer} does not exist; the model has layers 0..{spec.num_layers - 1}"
+                f"exit: layer {layer} does not exist; the model has layers 0..{spec.num_layers - 1}"
             )
-        return InterventionPlan(token_exit=TokenExit(self.layer))
+        return InterventionPlan(token_exit=TokenExit(layer))
