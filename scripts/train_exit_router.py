@@ -1,0 +1,155 @@
+"""Train DyVTE's exit router (`lvlm_guard.exit_router`) for a model on a COCO-format split.
+
+Labels as in DyVTE (notes: /work/shared/notes/methods.md): the MLLM is frozen; for each sample
+(an image, "Describe the image." and a reference caption, teacher-forced) and each layer l,
+label 1 (exit OK after l) when the model with the image tokens exiting after l predicts the same
+greedy tokens as the full model on > 99% of the answer tokens and its answer loss is < 1.03 x the
+full model's. Features: the router input after layer l at prefill (prompt part only; causal
+attention makes it equal to a prompt-only forward). Each layer's linear router is then fitted by
+cross-entropy on its own layer's samples.
+
+    python scripts/train_exit_router.py --model tiny-coco --split calib --num-images 60 \
+        --out lvlm_guard/checkpoints/tiny-coco-exit-router
+
+For a real checkpoint: same command with `--model llava-hf/llava-1.5-7b-hf --device cuda
+--root <coco root with captions>`; a few hundred images suffice for linear routers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+import lvlm_guard as lg
+from lvlm_guard.exit_router import ExitRouter, after_image_mask, router_features
+from lvlm_guard.methods.token_exit import VisualTokenExit
+from lvlm_guard.world import default_world_root, ensure_world
+
+PROMPT = "Describe the image."
+AGREEMENT = 0.99  # DyVTE: greedy predictions agree on > 99% of answer tokens
+LOSS_RATIO = 1.03  # DyVTE: exit loss < 1.03 x the full model's
+
+
+def answer_stats(logits: torch.Tensor, ids: torch.Tensor, n_answer: int) -> tuple[torch.Tensor, float]:
+    """Greedy predictions and mean cross-entropy of the last `n_answer` tokens (batch 1)."""
+    pred_logits = logits[0, -n_answer - 1 : -1].float()
+    target = ids[0, -n_answer:]
+    return pred_logits.argmax(-1), float(torch.nn.functional.cross_entropy(pred_logits, target))
+
+
+def sample_rows(model, processor, image: Image.Image, caption: str, device) -> tuple[list, list]:
+    """Per layer l: (features after l, label) for one sample."""
+    adapter = lg.Guard(model, processor, []).adapter
+    prompt = adapter.chat_prompt(processor, PROMPT, 1)
+    inputs = processor(images=[image], text=[f"{prompt} {caption}"], return_tensors="pt").to(device)
+    prompt_len = processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"].shape[1]
+    ids = inputs["input_ids"]
+    n_answer = ids.shape[1] - prompt_len
+    with torch.no_grad():
+        full = model(**inputs, output_hidden_states=True)
+    full_pred, full_loss = answer_stats(full.logits, ids, n_answer)
+    image_tokens = adapter.image_token_mask(ids[:, :prompt_len])
+    after = after_image_mask(image_tokens, None)
+    num_layers = adapter.spec.num_layers
+    features, labels = [], []
+    for layer in range(num_layers):
+        hidden = full.hidden_states[layer + 1][:, :prompt_len]
+        features.append(router_features(hidden.float(), after)[0].cpu())
+        if layer == num_layers - 1:
+            labels.append(1)  # exiting after the last layer changes nothing
+            continue
+        guard = lg.attach(model, processor, [VisualTokenExit(layer=layer)])
+        try:
+            with torch.no_grad():
+                logits = model(**inputs).logits
+        finally:
+            guard.detach()
+        pred, loss = answer_stats(logits, ids, n_answer)
+        agree = float((pred == full_pred).float().mean())
+        labels.append(int(agree > AGREEMENT and loss < LOSS_RATIO * full_loss))
+    return features, labels
+
+
+def fit(features: torch.Tensor, labels: torch.Tensor, hidden_size: int, steps: int, seed: int) -> ExitRouter:
+    """`features[n, L, 2D]`, `labels[n, L]`: one linear router per layer by cross-entropy (Adam)."""
+    torch.manual_seed(seed)
+    num_layers = features.shape[1]
+    router = ExitRouter(num_layers, hidden_size)
+    mean = features.mean(0, keepdim=True)
+    scale = features.std(0, keepdim=True).clamp(min=1e-3)
+    x = (features - mean) / scale
+    opt = torch.optim.Adam(router.parameters(), lr=1e-2, weight_decay=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = sum(
+            torch.nn.functional.cross_entropy(router.routers[i](x[:, i]), labels[:, i]) for i in range(num_layers)
+        )
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # fold the standardisation into the weights: the router reads raw states
+        for i, lin in enumerate(router.routers):
+            w = lin.weight / scale[0, i]
+            lin.bias -= (w * mean[0, i]).sum(-1)
+            lin.weight.copy_(w)
+    return router.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny-coco")
+    parser.add_argument("--split", default="calib")
+    parser.add_argument("--root", default=None, help="COCO-format root (default: the embedded world)")
+    parser.add_argument("--num-images", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    root = Path(args.root) if args.root else default_world_root()
+    if args.root is None:
+        ensure_world(args.split)
+    captions = json.loads((root / "annotations" / f"captions_{args.split}.json").read_text())
+    files = {img["id"]: img["file_name"] for img in captions["images"]}
+    first_caption: dict[int, str] = {}
+    for ann in captions["annotations"]:
+        first_caption.setdefault(ann["image_id"], ann["caption"])
+    image_ids = sorted(first_caption)[: args.num_images]
+
+    device_map = None if args.device == "cpu" else args.device
+    model, processor = lg.load(args.model, dtype=args.dtype, device_map=device_map)
+    model.eval()
+    start = time.time()
+    feats, labels = [], []
+    for image_id in image_ids:
+        image = Image.open(root / args.split / files[image_id]).convert("RGB")
+        f, y = sample_rows(model, processor, image, first_caption[image_id], model.device)
+        feats.append(torch.stack(f))
+        labels.append(torch.tensor(y))
+    features, targets = torch.stack(feats), torch.stack(labels)
+    router = fit(features, targets, features.shape[-1] // 2, args.steps, args.seed)
+    with torch.no_grad():
+        p = torch.stack([router.exit_probability(i, features[:, i]) for i in range(features.shape[1])], 1)
+    out = Path(args.out)
+    router.save(out)
+    summary = {
+        "model": args.model,
+        "split": args.split,
+        "num_images": len(image_ids),
+        "label_rate_per_layer": targets.float().mean(0).tolist(),
+        "train_accuracy_per_layer": ((p > 0.5).long() == targets).float().mean(0).tolist(),
+        "seconds": round(time.time() - start, 1),
+        "criteria": {"agreement": AGREEMENT, "loss_ratio": LOSS_RATIO, "prompt": PROMPT},
+    }
+    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
