@@ -14,8 +14,8 @@ ROOT=$(python -c "from lvlm_guard.world import default_world_root, ensure_world;
 LAYERS=$(python -c "import lvlm_guard as lg; m, _ = lg.load('tiny-coco'); print(m.config.text_config.num_hidden_layers)")
 GRID="none,exit:router=tiny-coco"
 for ((l = 0; l < LAYERS - 1; l++)); do GRID="$GRID,exit:layer=$l"; done
-lvlm-guard eval pope --model tiny-coco --grid "$GRID" --coco-root "$ROOT/test" --split test \
+lvlm-guard eval pope --model tiny-coco --grid "$GRID" --coco-root "$ROOT" --split test \
     --num-images "$NUM_POPE" --batch-size "$BATCH" --out "$OUT/pope" "${LIMIT_ARGS[@]}" "$@"
-lvlm-guard eval chair --model tiny-coco --grid "$GRID" --coco-root "$ROOT/test" --split test \
+lvlm-guard eval chair --model tiny-coco --grid "$GRID" --coco-root "$ROOT" --split test \
     --num-images "$NUM_CHAIR" --batch-size "$BATCH" --max-new-tokens 512 --out "$OUT/chair" "${LIMIT_ARGS[@]}" "$@"
 python scripts/plot_token_exit.py "$OUT" --num-layers "$LAYERS"
