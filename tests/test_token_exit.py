@@ -171,3 +171,29 @@ def test_router_that_exits_at_a_layer_equals_the_fixed_exit(tmp_path):
                 assert_cached_equals_recomputation(model, inputs, steps=3)
         guard.detach()
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["tiny_llava_next", "tiny_qwen2_vl", "tiny_idefics3"])
+def test_other_families_exit_shrinks_and_caches_consistently(family):
+    import tiny_families
+    from test_guard import image
+
+    model, processor = getattr(tiny_families, family)()
+    guard = lg.attach(model, processor, [VisualTokenExit(layer=0)])
+    inputs = guard.prepare([image(1), image(2, (50, 30))], PROMPTS)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        assert logits.shape[1] < inputs["input_ids"].shape[1] and torch.isfinite(logits).all()
+        cached = model.generate(
+            **inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        for step in range(3):  # each cached step equals a full recomputation without cache
+            full = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
+            torch.testing.assert_close(full[:, -1], cached.logits[step], rtol=1e-4, atol=1e-4)
+            ids = torch.cat([ids, cached.sequences[:, ids.shape[1] : ids.shape[1] + 1]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            per_token = {k: v for k, v in extra.items() if v.dim() == 2 and v.shape[1] == ids.shape[1] - 1}
+            extra.update({k: torch.cat([v, torch.zeros_like(v[:, :1])], 1) for k, v in per_token.items()})
+    guard.detach()
