@@ -112,6 +112,17 @@ def check_layers(method: str, layers: Iterable[int], spec: ModelSpec) -> tuple[i
     return layers
 
 
+def layer_range(
+    method: str, start: int, end: int | None, spec: ModelSpec, default_end: int | None = None
+) -> tuple[int, ...]:
+    """Layers `[start, end)`, validated; `end` None means `default_end`, else every layer."""
+    if end is None:
+        end = spec.num_layers if default_end is None else default_end
+    if end <= start:
+        raise InterventionConfigError(f"{method}: empty layer range start_layer={start} end_layer={end}")
+    return check_layers(method, range(start, end), spec)
+
+
 def check_heads(method: str, heads: Iterable[int] | None, spec: ModelSpec) -> tuple[int, ...] | None:
     if heads is None:
         return None

@@ -33,7 +33,7 @@ import torch
 
 from lvlm_guard.edits import AttentionEdit, AttentionRows, InterventionPlan
 from lvlm_guard.errors import InterventionConfigError
-from lvlm_guard.methods.base import Intervention, check_layers, register_method
+from lvlm_guard.methods.base import Intervention, layer_range, register_method
 from lvlm_guard.models.base import ModelSpec
 
 
@@ -123,10 +123,7 @@ class IAF(Intervention):
             raise InterventionConfigError(f"iaf: start_layer must be >= 0, got {self.start_layer}")
 
     def layers(self, spec: ModelSpec) -> tuple[int, ...]:
-        end = spec.num_layers if self.end_layer is None else self.end_layer
-        if end <= self.start_layer:
-            raise InterventionConfigError(f"iaf: empty layer range start_layer={self.start_layer} end_layer={end}")
-        return check_layers("iaf", range(self.start_layer, end), spec)
+        return layer_range("iaf", self.start_layer, self.end_layer, spec)
 
     def plan(self, spec: ModelSpec) -> InterventionPlan:
         layers = self.layers(spec)

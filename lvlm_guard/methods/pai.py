@@ -18,7 +18,7 @@ import torch
 from lvlm_guard.contrastive import ImageFreeContrast
 from lvlm_guard.edits import AttentionEdit, AttentionRows, InterventionPlan, ScoreMod
 from lvlm_guard.errors import InterventionConfigError
-from lvlm_guard.methods.base import Intervention, check_layers, register_method
+from lvlm_guard.methods.base import Intervention, layer_range, register_method
 from lvlm_guard.models.base import ModelSpec
 from lvlm_guard.state import GuardState
 
@@ -59,10 +59,7 @@ class PAI(Intervention):
             raise InterventionConfigError(f"pai: plausibility must be in (0, 1], got {self.plausibility}")
 
     def layers(self, spec: ModelSpec) -> tuple[int, ...]:
-        end = spec.num_layers if self.end_layer is None else self.end_layer
-        if end <= self.start_layer:
-            raise InterventionConfigError(f"pai: empty layer range start_layer={self.start_layer} end_layer={end}")
-        return check_layers("pai", range(self.start_layer, end), spec)
+        return layer_range("pai", self.start_layer, self.end_layer, spec)
 
     def plan(self, spec: ModelSpec) -> InterventionPlan:
         if self.alpha == 0:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from lvlm_guard.edits import AttentionEdit, AttentionRows, HiddenStateEdit, InterventionPlan
 from lvlm_guard.errors import InterventionConfigError
-from lvlm_guard.methods.base import Intervention, check_layers, register_method
+from lvlm_guard.methods.base import Intervention, layer_range, register_method
 from lvlm_guard.models.base import ModelSpec
 from lvlm_guard.sinks import sink_dims_for, sink_scores
 from lvlm_guard.state import GuardState
@@ -106,10 +106,7 @@ class VAR(Intervention):
             raise InterventionConfigError("var: start_layer must be >= 1 (sinks are read from a layer's input)")
 
     def layers(self, spec: ModelSpec) -> tuple[int, ...]:
-        end = spec.num_layers - 1 if self.end_layer is None else self.end_layer
-        if end <= self.start_layer:
-            raise InterventionConfigError(f"var: empty layer range start_layer={self.start_layer} end_layer={end}")
-        return check_layers("var", range(self.start_layer, end), spec)
+        return layer_range("var", self.start_layer, self.end_layer, spec, default_end=spec.num_layers - 1)
 
     def plan(self, spec: ModelSpec) -> InterventionPlan:
         if self.sink_dims is not None and any(not 0 <= d < spec.hidden_size for d in self.sink_dims):

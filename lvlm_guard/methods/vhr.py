@@ -27,7 +27,7 @@ import torch
 
 from lvlm_guard.edits import HeadOutputEdit, HeadOutputs, InterventionPlan
 from lvlm_guard.errors import InterventionConfigError
-from lvlm_guard.methods.base import Intervention, check_layers, register_method
+from lvlm_guard.methods.base import Intervention, layer_range, register_method
 from lvlm_guard.models.base import ModelSpec
 
 NO_IMAGE = "vhr.image_free_heads"  # scratch[NO_IMAGE][layer]: [b, h, d] head outputs without the image
@@ -81,10 +81,7 @@ class VHR(Intervention):
             raise InterventionConfigError(f"vhr: alpha must be > 0, got {self.alpha}")
 
     def layers(self, spec: ModelSpec) -> tuple[int, ...]:
-        end = spec.num_layers if self.end_layer is None else self.end_layer
-        if end <= self.start_layer:
-            raise InterventionConfigError(f"vhr: empty layer range start_layer={self.start_layer} end_layer={end}")
-        return check_layers("vhr", range(self.start_layer, end), spec)
+        return layer_range("vhr", self.start_layer, self.end_layer, spec)
 
     def plan(self, spec: ModelSpec) -> InterventionPlan:
         edit = HeadOutputEdit(fn=partial(_reinforce, self))
