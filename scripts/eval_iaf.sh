@@ -5,21 +5,13 @@
 #   bash scripts/eval_iaf.sh OUT_DIR          (DEVICE=cpu EXTRA="--limit 4" CALIB_IMAGES=20 for a smoke run)
 set -euo pipefail
 OUT=${1:?usage: eval_iaf.sh OUT_DIR}
-DEVICE=${DEVICE:-cuda}
-EXTRA=${EXTRA:-}
 CALIB_IMAGES=${CALIB_IMAGES:-200}
-BATCH=${BATCH:-64}
-run() {  # split task grid out [extra args]
-  local root
-  root=$(python -c "from lvlm_guard.world.coco_format import ensure_world; print(ensure_world('$1'))")
-  python -m lvlm_guard.cli eval "$2" --model tiny-coco --grid "$3" --coco-root "$root" --split "$1" \
-    --batch-size "$BATCH" --opt device=$DEVICE --no-progress $EXTRA --out "$4" "${@:5}"
-}
+source "$(dirname "$0")/embedded_eval.sh"
 # our defaults first (ties keep the first), then the gain and the two streams' shares
 CALIB_GRID="none,iaf,iaf:alpha=0.2,iaf:alpha=1,iaf:alpha=2,iaf:local_ratio=0.25:spatial_ratio=0.25,iaf:local_ratio=0:spatial_ratio=0.2,iaf:local_ratio=0.2:spatial_ratio=0"
-run calib pope "$CALIB_GRID" "$OUT/calib/pope" --num-images "$CALIB_IMAGES" --pope-splits adversarial
-run calib chair "$CALIB_GRID" "$OUT/calib/chair" --num-images "$CALIB_IMAGES" --max-new-tokens 512
+embedded_eval calib pope "$CALIB_GRID" "$OUT/calib/pope" --num-images "$CALIB_IMAGES" --pope-splits adversarial
+embedded_eval calib chair "$CALIB_GRID" "$OUT/calib/chair" --num-images "$CALIB_IMAGES" --max-new-tokens 512
 eval "$(python scripts/select_config.py "$OUT/calib" --families iaf --out "$OUT/calib/selected.json")"
 TEST_GRID="none,pai,$iaf,$iaf+pai"
-run test pope "$TEST_GRID" "$OUT/test/pope" --num-images 400
-run test chair "$TEST_GRID" "$OUT/test/chair" --num-images 500 --max-new-tokens 512
+embedded_eval test pope "$TEST_GRID" "$OUT/test/pope" --num-images 400
+embedded_eval test chair "$TEST_GRID" "$OUT/test/chair" --num-images 500 --max-new-tokens 512
