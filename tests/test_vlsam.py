@@ -10,8 +10,17 @@ from tiny_models import tiny_llava
 
 import lvlm_guard as lg
 from lvlm_guard.errors import InputMismatchError, InterventionConfigError
-from lvlm_guard.vlsam import FlowConfig, FlowTaps, PromptConfig, SamRunner, attention_flow, box_from_map, sample_points
-from lvlm_guard.vlsam.attention_maps import map_to_image
+from lvlm_guard.vlsam import (
+    FlowConfig,
+    FlowTaps,
+    PromptConfig,
+    SamRunner,
+    attention_flow,
+    attention_maps_for_flows,
+    box_from_map,
+    sample_points,
+)
+from lvlm_guard.vlsam.attention_maps import map_to_image, regularize_columns
 
 
 def causal_probs(layers: int, heads: int, n: int, seed: int = 0) -> list[torch.Tensor]:
@@ -24,56 +33,117 @@ def causal_probs(layers: int, heads: int, n: int, seed: int = 0) -> list[torch.T
     return out
 
 
-def reference_flow(layers, allowed, regularize=True, residual=0.0):
-    """Loop-by-loop float64 rendering of the pinned formula."""
+def reference_flow(layers, allowed, cfg: FlowConfig, image_tokens=None):
+    """Loop-by-loop float64 rendering of paper Eq. 1-3 and our options (no shared code)."""
     n = allowed.shape[0]
-    running = torch.eye(n, dtype=torch.float64)
-    for s in layers:
+    eye = torch.eye(n, dtype=torch.float64)
+    running = None
+    for index, s in enumerate(layers):
+        if index < cfg.start_layer or (cfg.end_layer is not None and index >= cfg.end_layer):
+            continue
         heads = s.shape[0]
         a = torch.zeros(n, n, dtype=torch.float64)
         for h in range(heads):
-            w = sum(max(s[h, i, j].item() for j in range(n)) for i in range(n)) / n
+            w = 1.0 if cfg.head_weighting == "uniform" else sum(max(s[h, i].tolist()) for i in range(n)) / n
             a += w * s[h] / heads
-        if regularize:
-            for j in range(n):
-                seen = sum(bool(allowed[i, j]) for i in range(n))
-                a[:, j] *= 1 - seen / n
-        for i in range(n):
-            total = a[i].sum()
-            if total > 0:
-                a[i] /= total
-        a = (1 - residual) * a + residual * torch.eye(n, dtype=torch.float64)
-        running = a @ running
+        for j in range(n):
+            if cfg.regularize:
+                unmasked = sum(bool(allowed[i, j]) for i in range(n))
+                a[:, j] *= 1 - (unmasked - 1) / n
+            if cfg.image_only and not image_tokens[j]:
+                a[:, j] = 0
+        if cfg.renormalize:
+            for i in range(n):
+                total = a[i].sum()
+                if total > 0:
+                    a[i] /= total
+        if cfg.combine == "rollout":
+            a = (1 - cfg.residual) * a + cfg.residual * eye
+            running = a if running is None else a @ running
+        elif running is None:
+            running = a.clone()
+        elif cfg.combine == "sum":
+            running = running + a
+        else:
+            running = (eye + a) @ (eye + running)
     return running
 
 
-@pytest.mark.parametrize("regularize,residual", [(True, 0.0), (False, 0.0), (True, 0.5)])
-def test_flow_matches_float64_reference(regularize, residual):
-    layers = causal_probs(3, 4, 7)
+FLOWS = [
+    FlowConfig(),
+    FlowConfig(regularize=False),
+    FlowConfig(head_weighting="uniform"),
+    FlowConfig(image_only=True),
+    FlowConfig(start_layer=1, end_layer=3),
+    FlowConfig(combine="rollout", residual=0.5, renormalize=True),
+    FlowConfig(combine="rollout", residual=0.0, renormalize=True, regularize=False),
+    FlowConfig(combine="rollout", residual=0.5, renormalize=True, image_only=True, start_layer=2),
+    FlowConfig(combine="sum", regularize=False),
+    FlowConfig(combine="sum", renormalize=True, end_layer=2),
+]
+
+
+@pytest.mark.parametrize("cfg", FLOWS, ids=str)
+def test_flow_matches_float64_reference(cfg):
+    layers = causal_probs(4, 3, 7)
     allowed = torch.ones(7, 7, dtype=torch.bool).tril()
-    cfg = FlowConfig(regularize=regularize, residual=residual)
-    got = attention_flow([p.float() for p in layers], allowed, cfg).double()
-    want = reference_flow(layers, allowed, regularize, residual)
+    image = torch.tensor([False, True, True, True, True, False, False])
+    got = attention_flow([p.float() for p in layers], allowed, cfg, image).double()
+    want = reference_flow(layers, allowed, cfg, image)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    # the regularization moves mass away from the first key (the causal sink)
-    if regularize:
-        assert got[-1, 0] < reference_flow(layers, allowed, False)[-1, 0]
 
 
-def test_flow_taps_equal_full_flow_and_keep_one_matrix():
+def test_paper_flow_and_regularization_by_hand():
+    """Eq. 3 on two layers is I + A1 + A0 + A1 A0; the causal column factors are (j + 1) / N."""
+    layers = causal_probs(2, 2, 4, seed=7)
+    allowed = torch.ones(4, 4, dtype=torch.bool).tril()
+    a = [(p * p.amax(-1).mean(-1)[:, None, None]).mean(0) * torch.tensor([0.25, 0.5, 0.75, 1.0]) for p in layers]
+    want = torch.eye(4, dtype=torch.float64) + a[1] + a[0] + a[1] @ a[0]
+    torch.testing.assert_close(attention_flow(layers, allowed), want)
+    # the first column is damped to 1/N, not zeroed; the last one is kept whole
+    ones = torch.ones(4, 4, dtype=torch.float64)
+    torch.testing.assert_close(
+        regularize_columns(ones, allowed)[0], torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    )
+
+
+def test_image_only_flow_never_passes_through_text():
+    layers = causal_probs(3, 2, 6, seed=2)
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril()
+    image = torch.tensor([False, True, True, False, False, False])
+    cfg = FlowConfig(combine="rollout", residual=0.0, renormalize=True, image_only=True, regularize=False)
+    got = attention_flow(layers, allowed, cfg, image)
+    # with no residual every row's mass sits on image columns only
+    assert torch.all(got[2:, ~image] == 0) and torch.allclose(got[2:].sum(-1), torch.ones(4, dtype=torch.float64))
+    with pytest.raises(InputMismatchError):
+        attention_flow(layers, allowed, cfg)
+
+
+def test_flow_taps_equal_full_flow_and_keep_one_matrix_per_flow():
     layers = causal_probs(4, 2, 6, seed=3)
     allowed = torch.ones(6, 6, dtype=torch.bool).tril()
-    taps = FlowTaps(attention_layers=frozenset(range(4)), prefill_only=True)
+    image = torch.tensor([False, True, True, True, False, False])
+    flows = (FlowConfig(), FlowConfig(combine="rollout", renormalize=True, image_only=True, start_layer=1))
+    taps = FlowTaps(attention_layers=frozenset(range(4)), prefill_only=True, flows=flows)
     taps.key_allowed = allowed[None]
+    taps.image_tokens = image[None]
     for i, p in enumerate(layers):
         taps.record_attention(i, p[None].float())
-    torch.testing.assert_close(taps.running[0], attention_flow(layers, allowed), rtol=1e-5, atol=1e-6)
-    assert taps.attention == {} and taps.running.shape == (1, 6, 6) and taps.layers_seen == [0, 1, 2, 3]
+    for cfg, running in zip(flows, taps.running):
+        torch.testing.assert_close(running[0], attention_flow(layers, allowed, cfg, image), rtol=1e-5, atol=1e-6)
+        assert running.shape == (1, 6, 6)
+    assert taps.attention == {} and len(taps.running) == 2 and taps.layers_seen == [0, 1, 2, 3]
 
 
 def test_bad_configs_and_shapes():
     with pytest.raises(InterventionConfigError):
         FlowConfig(head_weighting="entropy")
+    with pytest.raises(InterventionConfigError):
+        FlowConfig(combine="max-flow")
+    with pytest.raises(InterventionConfigError):
+        FlowConfig(start_layer=4, end_layer=4)
+    with pytest.raises(InputMismatchError):
+        attention_flow(causal_probs(2, 2, 5), torch.ones(5, 5, dtype=torch.bool).tril(), FlowConfig(start_layer=3))
     with pytest.raises(InterventionConfigError):
         PromptConfig(rounds=0)
     with pytest.raises(InputMismatchError):
@@ -160,6 +230,13 @@ def test_locate_on_tiny_llava_gives_map_of_image_size():
     maps = guard.attention_maps(img, "a dog and a cat", ["dog", "cat"])
     assert set(maps) == {"dog", "cat"} and not torch.equal(maps["dog"], maps["cat"])
     assert guard.state.taps is None  # nothing left recording
+    # several flows from one forward == one forward per flow
+    flows = [FlowConfig(), FlowConfig(combine="rollout", renormalize=True, image_only=True, start_layer=1)]
+    both = attention_maps_for_flows(guard, img, "a dog and a cat", ["dog"], flows)
+    for cfg, maps in zip(flows, both):
+        torch.testing.assert_close(maps["dog"], guard.attention_maps(img, "a dog and a cat", ["dog"], flow=cfg)["dog"])
+    with pytest.raises(InterventionConfigError):
+        guard.locate(img, "dog", flow=FlowConfig(start_layer=99))
     model2, processor2 = tiny_sam()
     seg = guard.segment(img, "dog", sam=SamRunner(model2, processor2))
     assert seg[0].segmentation.mask.shape == (36, 44)
@@ -171,7 +248,7 @@ def test_locate_on_tiny_llava_gives_map_of_image_size():
 def test_layer_sum_ablation_adds_instead_of_multiplying():
     layers = causal_probs(2, 2, 5, seed=5)
     allowed = torch.ones(5, 5, dtype=torch.bool).tril()
-    cfg = FlowConfig(propagate=False, regularize=False, renormalize=False)
+    cfg = FlowConfig(combine="sum", regularize=False)
     got = attention_flow(layers, allowed, cfg)
     want = sum((p * p.amax(-1).mean(-1)[:, None, None]).mean(0) for p in layers)
     torch.testing.assert_close(got, want)

@@ -10,7 +10,14 @@ from lvlm_guard.vlsam.attention_maps import (
     head_weights,
     map_to_image,
 )
-from lvlm_guard.vlsam.locate import Located, attention_maps, locate, segment
+from lvlm_guard.vlsam.locate import (
+    Located,
+    attention_maps,
+    attention_maps_for_flows,
+    locate,
+    located_from_map,
+    segment,
+)
 from lvlm_guard.vlsam.prompts import PromptConfig, box_from_map, sample_points
 from lvlm_guard.vlsam.sam import SamRunner, load_sam
 
@@ -23,10 +30,12 @@ __all__ = [
     "aggregate_heads",
     "attention_flow",
     "attention_maps",
+    "attention_maps_for_flows",
     "box_from_map",
     "head_weights",
     "load_sam",
     "locate",
+    "located_from_map",
     "map_to_image",
     "sample_points",
     "segment",

@@ -1,20 +1,35 @@
 """VL-SAM attention maps: head weighting and regularized attention flow (pure tensor functions).
 
-Pinned from the paper (Lin et al., NeurIPS 2024, Sec. 3.2, "attention map generation"); the
-official code is not public, so the choices the text leaves open are parameters of `FlowConfig`.
+Source. Lin, Wang, Tang, "Training-Free Open-Ended Object Detection and Segmentation via Attention
+as Prompts", NeurIPS 2024, arXiv 2410.05963 (https://arxiv.org/abs/2410.05963), Sec. 3.2. The
+official code is not public. The formulas below were checked on 2026-12-01 against a public
+paper note that restates Sec. 3.2's equations (public code index, file id 54531052963; its own
+link: https://proceedings.neurips.cc/paper_files/paper/2024/hash/80f48ffa8022773973a4a5cec7cce19c-Abstract-Conference.html)
+and the figure captions of https://github.com/deep-diver/neurips2024 (content/posters/XXVfj4P8nr);
+the arXiv page itself (https://arxiv.org/html/2410.05963v1) was only reachable up to its abstract.
 
-- Per layer l, the causal attention probabilities S_l `[H, N, N]` of the whole sequence.
-- Head weighting: a head that attends sharply somewhere matters more, so each head gets
-  w_h = mean over query rows of (max over keys of S_l[h]); the layer's map is
-  A_l = mean_h(w_h * S_l[h]).
-- Regularized attention flow: A_l propagated through the layers like attention rollout,
-  R_l = A_l @ R_{l-1}. Under a causal mask the early columns are seen by every row and soak up
-  the flow; the paper regularizes each column j by (1 - n_j / N), n_j the number of rows that
-  may attend to it (N - j under a causal mask), applied to every A_l before propagation.
-- The object word's rows of R_L, restricted to the image tokens, are the map.
+- S `[N, N, H, L]`: softmax(QK^T) under the causal mask, every layer and head, whole sequence.
+- Head weighting ("MeanMax", Eq. 1-2): W = Mean(Max(S, dim=1), dim=0), i.e. for each head the
+  mean over query rows of the row's largest probability; S' = Mean(S * W, dim=heads).
+- Attention flow (Eq. 3): S~_l = (I + S'_l)(I + S~_{l-1}), an identity added to both the layer's
+  map and the running flow, no re-normalization (this is *not* the product R_l = A_l R_{l-1} we
+  had before; expanded it is I + A_l + R_{l-1} + A_l R_{l-1}, so every layer's own map also
+  enters the sum once, not only through products).
+- Regularization against the causal "attention collapse" onto the first tokens: a column whose
+  unmasked length (rows that may attend to it) is L0 is multiplied by 1 - (L0 - 1) / N; under a
+  causal mask column j (0-based) gets (j + 1) / N. It is applied to every layer's S' here (the
+  text does not say more precisely where).
+- The map: the object word's rows of S~_L, the image tokens' columns.
 
-Memory: `FlowTaps` folds each layer into the running product as the layer is computed, so only
-two `[N, N]` matrices are kept, never the attention of all layers and heads.
+Our earlier version had R_l = A_l R_{l-1}, a factor 1 - L0/N (the first column zeroed) and rows
+re-normalized; on the embedded 8-layer model it collapsed onto the first image token.
+
+Beyond the paper (`FlowConfig` options, chosen on the calibration split): Abnar & Zuidema's rollout
+((1 - r) A + r I, re-normalized rows), a plain layer sum, the flow restricted to image tokens
+(paths word -> image -> ... -> image), and a layer window [start_layer, end_layer).
+
+Memory: `FlowTaps` folds each layer into the running flow(s) as the layer is computed, so per
+flow only one `[N, N]` matrix is kept, never the attention of all layers and heads.
 """
 
 from __future__ import annotations
@@ -27,38 +42,55 @@ import torch.nn.functional as F
 from lvlm_guard.errors import InputMismatchError, InterventionConfigError
 from lvlm_guard.taps import Taps
 
+COMBINES = ("paper", "rollout", "sum")
+HEAD_WEIGHTINGS = ("mean-max", "uniform")
+
 
 @dataclass(frozen=True)
 class FlowConfig:
     """How attention of all layers becomes one map.
 
-    head_weighting: "max-mean" (paper: mean over rows of the max over keys) or "uniform".
-    regularize: column regularization (1 - n_j / N) of the paper; off gives plain rollout.
-    residual: weight of the identity mixed into each layer, (1 - r) A + r I (Abnar & Zuidema's
-        rollout uses 0.5; the paper writes the flow without it, so 0).
-    renormalize: re-normalize rows after regularization so the flow stays a mixing of rows
-        (our choice; the paper is silent; it keeps magnitudes comparable across layers).
-    propagate: False sums the layers' maps instead of multiplying them (an ablation, not the
-        paper: per-layer attention of the word, no flow).
+    head_weighting: "mean-max" (paper Eq. 1) or "uniform" (plain head mean).
+    combine: "paper" S~_l = (I + A_l)(I + S~_{l-1}) (paper Eq. 3); "rollout" R_l = ((1 - r) A_l + r I)
+        R_{l-1} (Abnar & Zuidema 2020, r = `residual`); "sum" R = sum_l A_l (no flow, an ablation).
+    regularize: the paper's column factor 1 - (L0 - 1) / N, applied to each layer's map.
+    residual: r of "rollout" (Abnar & Zuidema use 0.5); ignored by the other combines.
+    renormalize: re-normalize each layer's rows after regularization / restriction (our choice;
+        the paper has none; rollout needs it to stay a mixing of rows).
+    image_only: keep only image-token columns of every layer's map, so the flow passes through
+        image tokens only (our option; the paper propagates over the whole sequence).
+    start_layer, end_layer: only layers [start_layer, end_layer) take part (end None: the last).
     """
 
-    head_weighting: str = "max-mean"
+    head_weighting: str = "mean-max"
+    combine: str = "paper"
     regularize: bool = True
-    residual: float = 0.0
-    renormalize: bool = True
-    propagate: bool = True
+    residual: float = 0.5
+    renormalize: bool = False
+    image_only: bool = False
+    start_layer: int = 0
+    end_layer: int | None = None
 
     def __post_init__(self) -> None:
-        if self.head_weighting not in ("max-mean", "uniform"):
+        if self.head_weighting not in HEAD_WEIGHTINGS:
             raise InterventionConfigError(f"FlowConfig: unknown head_weighting {self.head_weighting!r}")
+        if self.combine not in COMBINES:
+            raise InterventionConfigError(f"FlowConfig: unknown combine {self.combine!r}; one of {COMBINES}")
         if not 0.0 <= self.residual <= 1.0:
             raise InterventionConfigError(f"FlowConfig: residual must be in [0, 1], got {self.residual}")
+        if self.start_layer < 0 or (self.end_layer is not None and self.end_layer <= self.start_layer):
+            raise InterventionConfigError(
+                f"FlowConfig: empty layer window start_layer={self.start_layer} end_layer={self.end_layer}"
+            )
+
+    def uses_layer(self, layer: int) -> bool:
+        return layer >= self.start_layer and (self.end_layer is None or layer < self.end_layer)
 
 
 DEFAULT_FLOW = FlowConfig()
 
 
-def head_weights(probs: torch.Tensor, allowed: torch.Tensor | None = None, how: str = "max-mean") -> torch.Tensor:
+def head_weights(probs: torch.Tensor, allowed: torch.Tensor | None = None, how: str = "mean-max") -> torch.Tensor:
     """`[H]` weights of the heads of one layer from probabilities `[H, N, N]` (rows: queries).
 
     `allowed` `[N]` bool marks real (non-padding) query rows; only those are averaged.
@@ -79,45 +111,68 @@ def aggregate_heads(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def regularize_columns(layer_map: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Scale column j by (1 - n_j / N), n_j = how many rows may attend to key j.
+    """Scale column j by 1 - (L0_j - 1) / N, L0_j = how many rows may attend to key j.
 
-    `allowed` `[N, N]` bool is the attention mask (row i may see key j).
+    `allowed` `[N, N]` bool is the attention mask (row i may see key j); N counts real rows.
     """
-    n = allowed.shape[0]
+    n = allowed.any(dim=-1).sum().clamp_min(1).to(layer_map.dtype)
     seen_by = allowed.to(layer_map.dtype).sum(dim=0)  # [N]
-    return layer_map * (1.0 - seen_by / n)[None, :]
+    return layer_map * (1.0 - (seen_by - 1.0).clamp_min(0) / n)[None, :]
 
 
-def flow_step(
-    running: torch.Tensor | None, layer_map: torch.Tensor, allowed: torch.Tensor, cfg: FlowConfig
+def prepare_layer(
+    layer_map: torch.Tensor, allowed: torch.Tensor, cfg: FlowConfig, image_tokens: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """One layer of the flow: R_l = A'_l @ R_{l-1} (R_{-1} = identity)."""
+    """A'_l: one layer's head-aggregated map after regularization, restriction, re-normalization."""
     a = layer_map
     if cfg.regularize:
         a = regularize_columns(a, allowed)
+    if cfg.image_only:
+        if image_tokens is None:
+            raise InputMismatchError("attention flow: image_only needs the image-token mask")
+        a = a * image_tokens.to(a.dtype)[None, :]
     if cfg.renormalize:
         a = a / a.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
-    if cfg.residual:
+    return a
+
+
+def flow_step(running: torch.Tensor | None, a: torch.Tensor, cfg: FlowConfig) -> torch.Tensor:
+    """Fold one prepared layer map A' `[N, N]` into the running flow (None before the first)."""
+    if cfg.combine == "rollout":
         eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
         a = (1.0 - cfg.residual) * a + cfg.residual * eye
+        return a if running is None else a @ running
     if running is None:
         return a
-    return a @ running if cfg.propagate else a + running
+    if cfg.combine == "sum":
+        return a + running
+    # paper: (I + A)(I + R) = I + A + R + A R
+    eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    return eye + a + running + a @ running
 
 
-def attention_flow(layers: list[torch.Tensor], allowed: torch.Tensor, cfg: FlowConfig = DEFAULT_FLOW) -> torch.Tensor:
-    """`[N, N]` flow through all layers from per-layer probabilities `[H, N, N]` (one sequence)."""
+def attention_flow(
+    layers: list[torch.Tensor],
+    allowed: torch.Tensor,
+    cfg: FlowConfig = DEFAULT_FLOW,
+    image_tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`[N, N]` flow through layers 0..L-1 given as probabilities `[H, N, N]` (one sequence)."""
     if not layers:
         raise InputMismatchError("attention_flow: no layers given")
     rows = allowed.any(dim=-1)
     running = None
-    for probs in layers:
+    for index, probs in enumerate(layers):
         if probs.shape[-2:] != allowed.shape:
             raise InputMismatchError(
                 f"attention_flow: layer of shape {tuple(probs.shape)} vs mask {tuple(allowed.shape)}"
             )
+        if not cfg.uses_layer(index):
+            continue
         w = head_weights(probs, rows, cfg.head_weighting)
-        running = flow_step(running, aggregate_heads(probs, w), allowed, cfg)
+        running = flow_step(running, prepare_layer(aggregate_heads(probs, w), allowed, cfg, image_tokens), cfg)
+    if running is None:
+        raise InputMismatchError(f"attention_flow: no layer of {len(layers)} inside the window of {cfg}")
     return running
 
 
@@ -134,27 +189,39 @@ def map_to_image(scores: torch.Tensor, grid: tuple[int, int], size: tuple[int, i
 
 @dataclass
 class FlowTaps(Taps):
-    """A tap that folds each layer's attention into the flow as it is computed (prefill only).
+    """A tap that folds each layer's attention into one running flow per `FlowConfig` (prefill only).
 
-    Keeps one running `[b, N, N]` product instead of the attention of every layer; the layers
-    must arrive in order 0..L-1 (they do, in a forward pass).
+    Keeps one `[b, N, N]` matrix per flow instead of the attention of every layer; layers must
+    arrive in order 0..L-1 (they do, in a forward pass). Several flows share one forward.
     """
 
-    flow: FlowConfig = DEFAULT_FLOW
+    flows: tuple[FlowConfig, ...] = (DEFAULT_FLOW,)
     key_allowed: torch.Tensor | None = None  # [b, N, N] bool, set before the forward
-    running: torch.Tensor | None = field(default=None)
+    image_tokens: torch.Tensor | None = None  # [b, N] bool, set before the forward (image_only flows)
+    running: list[torch.Tensor | None] = field(default_factory=list)
     layers_seen: list[int] = field(default_factory=list)
 
     def record_attention(self, layer: int, probs: torch.Tensor) -> None:
         if self.key_allowed is None:
             raise InputMismatchError("FlowTaps: key_allowed must be set before the forward")
-        probs = probs.detach().double()
+        if not self.running:
+            self.running = [None] * len(self.flows)
+        probs = probs.detach().double()  # [b, H, N, N]
         allowed = self.key_allowed.to(probs.device)
-        steps = []
-        for b in range(probs.shape[0]):
-            rows = allowed[b].any(dim=-1)
-            w = head_weights(probs[b], rows, self.flow.head_weighting)
-            prev = None if self.running is None else self.running[b].to(probs.device)
-            steps.append(flow_step(prev, aggregate_heads(probs[b], w), allowed[b], self.flow))
-        self.running = torch.stack(steps)
+        image = None if self.image_tokens is None else self.image_tokens.to(probs.device)
+        maps: dict[str, list[torch.Tensor]] = {}  # head weighting -> per-sequence A_l
+        for i, cfg in enumerate(self.flows):
+            if not cfg.uses_layer(layer):
+                continue
+            if cfg.head_weighting not in maps:
+                maps[cfg.head_weighting] = [
+                    aggregate_heads(probs[b], head_weights(probs[b], allowed[b].any(dim=-1), cfg.head_weighting))
+                    for b in range(probs.shape[0])
+                ]
+            steps = []
+            for b, layer_map in enumerate(maps[cfg.head_weighting]):
+                prev = None if self.running[i] is None else self.running[i][b]
+                a = prepare_layer(layer_map, allowed[b], cfg, None if image is None else image[b])
+                steps.append(flow_step(prev, a, cfg))
+            self.running[i] = torch.stack(steps)
         self.layers_seen.append(layer)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from lvlm_guard.errors import InputMismatchError
+from lvlm_guard.methods.base import layer_range
 from lvlm_guard.vlsam.attention_maps import DEFAULT_FLOW, FlowConfig, FlowTaps, map_to_image
 from lvlm_guard.vlsam.prompts import DEFAULT_PROMPTS, PromptConfig, box_from_map
 from lvlm_guard.vlsam.sam import SamRunner, Segmentation
@@ -52,17 +54,20 @@ def _word_span(tokenizer, answer: str, word: str) -> tuple[list[int], int, int]:
     return ids, start, end
 
 
-def attention_maps(
+def attention_maps_for_flows(
     guard: Guard,
     image,
     answer: str,
     words: list[str],
+    flows: Sequence[FlowConfig],
     prompt: str = DEFAULT_PROMPT,
-    flow: FlowConfig = DEFAULT_FLOW,
-) -> dict[str, torch.Tensor]:
-    """`{word: [H, W] map}` for words of `answer` (e.g. a generation's text) given image + prompt."""
-    if not words:
-        return {}
+) -> list[dict[str, torch.Tensor]]:
+    """One `{word: [H, W] map}` per flow, all from one forward over image + prompt + `answer`."""
+    if not words or not flows:
+        return [{} for _ in flows]
+    spec = guard.adapter.spec
+    for cfg in flows:
+        layer_range("vlsam", cfg.start_layer, cfg.end_layer, spec)
     tokenizer = guard.processor.tokenizer
     inputs = guard.prepare([image], [prompt])
     spans = [_word_span(tokenizer, answer, w) for w in words]
@@ -73,8 +78,11 @@ def attention_maps(
     n = input_ids.shape[1]
     causal = torch.ones(n, n, dtype=torch.bool, device=input_ids.device).tril()
     allowed = causal & mask[0].bool()[None, :] & mask[0].bool()[:, None]
-    taps = FlowTaps(attention_layers=frozenset(range(guard.adapter.spec.num_layers)), prefill_only=True, flow=flow)
+    image_tokens = guard.adapter.image_token_mask(input_ids)  # [1, N]
+    layers = frozenset(i for i in range(spec.num_layers) if any(cfg.uses_layer(i) for cfg in flows))
+    taps = FlowTaps(attention_layers=layers, prefill_only=True, flows=tuple(flows))
     taps.key_allowed = allowed[None]
+    taps.image_tokens = image_tokens
     forward = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     previous = guard.state.taps
     guard.state.taps = taps
@@ -83,18 +91,40 @@ def attention_maps(
             guard.model(input_ids=input_ids, attention_mask=mask, use_cache=False, **forward)
     finally:
         guard.state.taps = previous
-    image_pos = torch.nonzero(guard.adapter.image_token_mask(input_ids)[0], as_tuple=True)[0]
+    image_pos = torch.nonzero(image_tokens[0], as_tuple=True)[0]
     side = math.isqrt(len(image_pos))
     if side * side != len(image_pos):
         raise InputMismatchError(f"attention_maps: {len(image_pos)} image tokens do not form a square grid")
-    flow_rows = taps.running[0]
     size = (image.size[1], image.size[0])
-    out = {}
-    for word, (_, start, end) in zip(words, spans):
-        rows = flow_rows[prompt_len + start : prompt_len + end]
-        scores = rows.mean(dim=0)[image_pos.to(rows.device)]
-        out[word] = map_to_image(scores.float().cpu(), (side, side), size)
+    out = []
+    for running in taps.running:
+        flow_rows = running[0]
+        maps = {}
+        for word, (_, start, end) in zip(words, spans):
+            rows = flow_rows[prompt_len + start : prompt_len + end]
+            scores = rows.mean(dim=0)[image_pos.to(rows.device)]
+            maps[word] = map_to_image(scores.float().cpu(), (side, side), size)
+        out.append(maps)
     return out
+
+
+def attention_maps(
+    guard: Guard,
+    image,
+    answer: str,
+    words: list[str],
+    prompt: str = DEFAULT_PROMPT,
+    flow: FlowConfig = DEFAULT_FLOW,
+) -> dict[str, torch.Tensor]:
+    """`{word: [H, W] map}` for words of `answer` (e.g. a generation's text) given image + prompt."""
+    return attention_maps_for_flows(guard, image, answer, words, [flow], prompt)[0]
+
+
+def located_from_map(word: str, heatmap: torch.Tensor, prompts: PromptConfig = DEFAULT_PROMPTS) -> Located:
+    """The map's peak (x, y) and the box of its hot region (>= `prompts.box_threshold` * max)."""
+    flat = int(heatmap.reshape(-1).argmax())
+    y, x = divmod(flat, heatmap.shape[1])
+    return Located(word, heatmap, (x, y), box_from_map(heatmap, prompts.box_threshold))
 
 
 def locate(
@@ -109,9 +139,7 @@ def locate(
 ) -> Located:
     """Map, peak and map-derived box of `word` in `image`."""
     heatmap = attention_maps(guard, image, answer.format(word=word), [word], prompt, flow)[word]
-    flat = int(heatmap.reshape(-1).argmax())
-    y, x = divmod(flat, heatmap.shape[1])
-    return Located(word, heatmap, (x, y), box_from_map(heatmap, prompts.box_threshold))
+    return located_from_map(word, heatmap, prompts)
 
 
 def list_objects(guard: Guard, image, max_new_tokens: int = 48) -> list[str]:
