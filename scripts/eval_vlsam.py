@@ -8,7 +8,11 @@ Baselines: centre of image (point at the centre; a centred box of the calib spli
 size), and uniform attention (a map with no information: chance pointing = the fraction of the
 image the category's boxes cover; the box is the whole image). 95% bootstrap CIs over images.
 
-    python scripts/eval_vlsam.py --split test --num-images 200 --out evals/results/vlsam
+Flow variants are named `base[+modifier...]` (see `variant`); all variants of a run come from one
+forward per pair. `--variants grid` runs the calibration grid; the best by pointing is printed.
+
+    python scripts/eval_vlsam.py --split calib --num-images 40 --variants grid --figure 0 --out evals/results/vlsam
+    python scripts/eval_vlsam.py --split test --num-images 40 --variants <best>,paper,sum-raw --out evals/results/vlsam
 """
 
 from __future__ import annotations
@@ -19,19 +23,54 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 import lvlm_guard as lg
-from lvlm_guard.vlsam import FlowConfig, PromptConfig
+from lvlm_guard.vlsam import FlowConfig, PromptConfig, attention_maps_for_flows, located_from_map
+from lvlm_guard.vlsam.locate import DEFAULT_ANSWER
 from lvlm_guard.world.coco_format import ensure_world
 
-VARIANTS = {
-    "vlsam": FlowConfig(),
-    "no-regularization": FlowConfig(regularize=False),
-    "uniform-heads": FlowConfig(head_weighting="uniform"),
-    "layer-sum": FlowConfig(propagate=False),
-    "layer-sum-raw": FlowConfig(propagate=False, regularize=False, renormalize=False),
+BASES = {
+    "paper": {},  # paper Eq. 1-3: mean-max heads, column-regularized (I + A)(I + R)
+    "sum": {"combine": "sum", "renormalize": True},  # word's attention summed over layers, no flow
+    "sum-raw": {"combine": "sum", "regularize": False},  # same, no regularization, no re-normalization
 }
+MODIFIERS = {
+    "noreg": {"regularize": False},
+    "uniform": {"head_weighting": "uniform"},
+    "image": {"image_only": True},
+    "norm": {"renormalize": True},
+}
+GRID_BASES = ["paper", "rollout0", "rollout0.5", "rollout0.9", "sum", "sum-raw"]
+GRID_WINDOWS = ["", "+L0-4", "+L2-8", "+L4-8"]
+GRID = [b + i + w for b in GRID_BASES for i in ("", "+image") for w in GRID_WINDOWS] + [
+    "paper+noreg",
+    "paper+uniform",
+    "paper+norm",
+    "rollout0.5+noreg",
+]
+
+
+def variant(name: str) -> FlowConfig:
+    """`paper`, `rollout<r>` (residual r, rows re-normalized), `sum`, `sum-raw`, then `+noreg`,
+    `+uniform`, `+image`, `+norm`, `+L<start>-<end>` (layer window)."""
+    base, *mods = name.split("+")
+    if base.startswith("rollout"):
+        kwargs = {"combine": "rollout", "residual": float(base[len("rollout") :]), "renormalize": True}
+    elif base in BASES:
+        kwargs = dict(BASES[base])
+    else:
+        raise SystemExit(f"unknown flow base {base!r} in {name!r}")
+    for mod in mods:
+        if mod.startswith("L"):
+            start, end = mod[1:].split("-")
+            kwargs.update(start_layer=int(start), end_layer=int(end))
+        elif mod in MODIFIERS:
+            kwargs.update(MODIFIERS[mod])
+        else:
+            raise SystemExit(f"unknown flow modifier {mod!r} in {name!r}")
+    return FlowConfig(**kwargs)
 
 
 def iou(a, b) -> float:
@@ -85,12 +124,14 @@ def main() -> None:
     ap.add_argument("--model", default="tiny-coco")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--variants", default="vlsam", help=f"comma list of {sorted(VARIANTS)}")
+    ap.add_argument("--variants", default="paper", help="comma list of variant names (see `variant`), or grid")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
     ap.add_argument("--box-threshold", type=float, default=PromptConfig().box_threshold)
     ap.add_argument("--figure", type=int, default=8, help="images shown in the figure (0: none)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
 
     root = ensure_world(args.split, progress=False)
     images, boxes, _ = instances(root, args.split)
@@ -102,7 +143,8 @@ def main() -> None:
     model, processor = lg.load(args.model, dtype=args.dtype, device_map=args.device)
     guard = lg.attach(model, processor, [])
     ids = sorted(boxes)[: args.num_images]
-    variants = args.variants.split(",")
+    variants = GRID if args.variants == "grid" else args.variants.split(",")
+    flows = [variant(v) for v in variants]
     prompts = PromptConfig(box_threshold=args.box_threshold)
     rows = {k: {"pointing": [], "iou": []} for k in [*variants, "centre", "uniform"]}
     shown = []
@@ -115,11 +157,12 @@ def main() -> None:
         centre_box = (centre[0] - mean_w / 2, centre[1] - mean_h / 2, centre[0] + mean_w / 2, centre[1] + mean_h / 2)
         per = {k: {"pointing": [], "iou": []} for k in rows}
         for name, gt in sorted(boxes[image_id].items()):
-            for variant in variants:
-                found = guard.locate(image, name, flow=VARIANTS[variant], prompts=prompts)
-                per[variant]["pointing"].append(float(any(inside(found.point, b) for b in gt)))
-                per[variant]["iou"].append(max(iou(found.box, b) for b in gt))
-                if variant == variants[0] and len(shown) < args.figure and not any(s[0] == image_id for s in shown):
+            maps = attention_maps_for_flows(guard, image, DEFAULT_ANSWER.format(word=name), [name], flows)
+            for k, (vname, per_flow) in enumerate(zip(variants, maps)):
+                found = located_from_map(name, per_flow[name], prompts)
+                per[vname]["pointing"].append(float(any(inside(found.point, b) for b in gt)))
+                per[vname]["iou"].append(max(iou(found.box, b) for b in gt))
+                if k == 0 and len(shown) < args.figure and not any(s[0] == image_id for s in shown):
                     shown.append((image_id, name, found.heatmap.numpy(), found.point, found.box, gt))
             per["centre"]["pointing"].append(float(any(inside(centre, b) for b in gt)))
             per["centre"]["iou"].append(max(iou(centre_box, b) for b in gt))
@@ -139,26 +182,34 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "command": "python scripts/eval_vlsam.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "flows": {v: repr(f) for v, f in zip(variants, flows)},
         "results": {k: {m: bootstrap(v[m]) for m in ("pointing", "iou")} for k, v in rows.items()},
     }
+    ranked = sorted(
+        variants, key=lambda v: (-result["results"][v]["pointing"]["mean"], -result["results"][v]["iou"]["mean"])
+    )
+    result["best_by_pointing"] = ranked[0]
     (args.out / f"vlsam_{args.split}.json").write_text(json.dumps(result, indent=2))
     lines = [
         f"| map | pointing acc. (95% CI) | box IoU (95% CI) |  ({result['pairs']} pairs, {len(ids)} images)",
         "|---|---|---|",
     ]
-    for k, v in result["results"].items():
-        p, i = v["pointing"], v["iou"]
+    for k in [*ranked, "centre", "uniform"]:
+        p, i = result["results"][k]["pointing"], result["results"][k]["iou"]
         lines.append(
             f"| {k} | {p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] "
             f"| {i['mean']:.3f} [{i['ci95'][0]:.3f}, {i['ci95'][1]:.3f}] |"
         )
     print("\n".join(lines))
+    print(f"best by pointing: {ranked[0]}  ({seconds:.0f} s)")
     (args.out / f"vlsam_{args.split}_table.md").write_text("\n".join(lines) + "\n")
     if shown:
-        figure(shown, root / args.split, images, args.out / f"vlsam_{args.split}_maps.png")
+        figure(
+            shown, root / args.split, images, args.out / f"vlsam_{args.split}_maps.png", f"VL-SAM maps, {variants[0]}"
+        )
 
 
-def figure(shown, folder: Path, images: dict, path: Path) -> None:
+def figure(shown, folder: Path, images: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,7 +227,7 @@ def figure(shown, folder: Path, images: dict, path: Path) -> None:
         ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="white", ls="--", lw=1))
         ax.plot(*point, "w*", ms=10)
         ax.set_title(name, fontsize=9)
-    fig.suptitle("VL-SAM maps (green: GT boxes, star: peak, dashed: map box)", fontsize=10)
+    fig.suptitle(f"{title} (green: GT boxes, star: peak, dashed: map box)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
