@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
     ap.add_argument("--box-threshold", type=float, default=PromptConfig().box_threshold)
     ap.add_argument("--figure", type=int, default=8, help="images shown in the figure (0: none)")
+    ap.add_argument("--figure-variants", type=int, default=1, help="one figure for each of the first N variants")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,8 @@ def main() -> None:
     flows = [variant(v) for v in variants]
     prompts = PromptConfig(box_threshold=args.box_threshold)
     rows = {k: {"pointing": [], "iou": []} for k in [*variants, "centre", "uniform"]}
-    shown = []
+    shown: dict[str, list] = {v: [] for v in variants[: args.figure_variants]}
+    figure_ids = set(ids[: args.figure])
     start = time.time()
     for image_id in ids:
         info = images[image_id]
@@ -158,12 +160,12 @@ def main() -> None:
         per = {k: {"pointing": [], "iou": []} for k in rows}
         for name, gt in sorted(boxes[image_id].items()):
             maps = attention_maps_for_flows(guard, image, DEFAULT_ANSWER.format(word=name), [name], flows)
-            for k, (vname, per_flow) in enumerate(zip(variants, maps)):
+            for vname, per_flow in zip(variants, maps):
                 found = located_from_map(name, per_flow[name], prompts)
                 per[vname]["pointing"].append(float(any(inside(found.point, b) for b in gt)))
                 per[vname]["iou"].append(max(iou(found.box, b) for b in gt))
-                if k == 0 and len(shown) < args.figure and not any(s[0] == image_id for s in shown):
-                    shown.append((image_id, name, found.heatmap.numpy(), found.point, found.box, gt))
+                if image_id in figure_ids and vname in shown and not any(s[0] == image_id for s in shown[vname]):
+                    shown[vname].append((image_id, name, found.heatmap.numpy(), found.point, found.box, gt))
             per["centre"]["pointing"].append(float(any(inside(centre, b) for b in gt)))
             per["centre"]["iou"].append(max(iou(centre_box, b) for b in gt))
             per["uniform"]["pointing"].append(covered_fraction(gt, w, h))
@@ -185,6 +187,14 @@ def main() -> None:
         "flows": {v: repr(f) for v, f in zip(variants, flows)},
         "results": {k: {m: bootstrap(v[m]) for m in ("pointing", "iou")} for k, v in rows.items()},
     }
+    first = rows[variants[0]]
+    result["paired_vs_first"] = {
+        v: {
+            m: bootstrap([[a - b for a, b in zip(r, f)] for r, f in zip(rows[v][m], first[m])])
+            for m in ("pointing", "iou")
+        }
+        for v in variants[1:]
+    }
     ranked = sorted(
         variants, key=lambda v: (-result["results"][v]["pointing"]["mean"], -result["results"][v]["iou"]["mean"])
     )
@@ -200,13 +210,22 @@ def main() -> None:
             f"| {k} | {p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] "
             f"| {i['mean']:.3f} [{i['ci95'][0]:.3f}, {i['ci95'][1]:.3f}] |"
         )
+    lines.append("")
+    lines.append(f"| map | pointing minus {variants[0]} (95% CI, paired) | box IoU minus {variants[0]} |")
+    lines.append("|---|---|---|")
+    for v, d in result["paired_vs_first"].items():
+        p, i = d["pointing"], d["iou"]
+        lines.append(
+            f"| {v} | {p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] "
+            f"| {i['mean']:+.3f} [{i['ci95'][0]:+.3f}, {i['ci95'][1]:+.3f}] |"
+        )
     print("\n".join(lines))
     print(f"best by pointing: {ranked[0]}  ({seconds:.0f} s)")
     (args.out / f"vlsam_{args.split}_table.md").write_text("\n".join(lines) + "\n")
-    if shown:
-        figure(
-            shown, root / args.split, images, args.out / f"vlsam_{args.split}_maps.png", f"VL-SAM maps, {variants[0]}"
-        )
+    for k, (vname, items) in enumerate(shown.items()):
+        suffix = "" if k == 0 else "_" + vname.replace("+", "_")
+        path = args.out / f"vlsam_{args.split}_maps{suffix}.png"
+        figure(items, root / args.split, images, path, f"VL-SAM maps, {vname}")
 
 
 def figure(shown, folder: Path, images: dict, path: Path, title: str) -> None:
