@@ -147,8 +147,9 @@ def main() -> None:
     variants = GRID if args.variants == "grid" else args.variants.split(",")
     flows = [variant(v) for v in variants]
     prompts = PromptConfig(box_threshold=args.box_threshold)
-    rows = {k: {"pointing": [], "iou": []} for k in [*variants, "centre", "uniform"]}
-    shown: dict[str, list] = {v: [] for v in variants[: args.figure_variants]}
+    other = f"{variants[0]}, another word's map"  # control: is the map about the word, or just salient?
+    rows = {k: {"pointing": [], "iou": []} for k in [*variants, other, "centre", "uniform"]}
+    shown: dict[str, list] = {v: [] for v in variants[: args.figure_variants if args.figure else 0]}
     figure_ids = set(ids[: args.figure])
     start = time.time()
     for image_id in ids:
@@ -158,10 +159,13 @@ def main() -> None:
         centre = (w / 2, h / 2)
         centre_box = (centre[0] - mean_w / 2, centre[1] - mean_h / 2, centre[0] + mean_w / 2, centre[1] + mean_h / 2)
         per = {k: {"pointing": [], "iou": []} for k in rows}
+        first_found = []
         for name, gt in sorted(boxes[image_id].items()):
             maps = attention_maps_for_flows(guard, image, DEFAULT_ANSWER.format(word=name), [name], flows)
             for vname, per_flow in zip(variants, maps):
                 found = located_from_map(name, per_flow[name], prompts)
+                if vname == variants[0]:
+                    first_found.append(found)
                 per[vname]["pointing"].append(float(any(inside(found.point, b) for b in gt)))
                 per[vname]["iou"].append(max(iou(found.box, b) for b in gt))
                 if image_id in figure_ids and vname in shown and not any(s[0] == image_id for s in shown[vname]):
@@ -170,6 +174,12 @@ def main() -> None:
             per["centre"]["iou"].append(max(iou(centre_box, b) for b in gt))
             per["uniform"]["pointing"].append(covered_fraction(gt, w, h))
             per["uniform"]["iou"].append(max(iou((0, 0, w, h), b) for b in gt))
+        gts = [gt for _, gt in sorted(boxes[image_id].items())]
+        if len(gts) > 1:  # the next category's map scored against this category's boxes
+            for k, gt in enumerate(gts):
+                found = first_found[(k + 1) % len(gts)]
+                per[other]["pointing"].append(float(any(inside(found.point, b) for b in gt)))
+                per[other]["iou"].append(max(iou(found.box, b) for b in gt))
         for k in rows:
             for m in ("pointing", "iou"):
                 rows[k][m].append(per[k][m])
@@ -178,6 +188,7 @@ def main() -> None:
         "split": args.split,
         "images": len(ids),
         "pairs": sum(len(r) for r in rows["centre"]["pointing"]),
+        "pairs_other_word": sum(len(r) for r in rows[other]["pointing"]),
         "model": args.model,
         "device": args.device,
         "box_threshold": args.box_threshold,
@@ -193,7 +204,7 @@ def main() -> None:
             m: bootstrap([[a - b for a, b in zip(r, f)] for r, f in zip(rows[v][m], first[m])])
             for m in ("pointing", "iou")
         }
-        for v in variants[1:]
+        for v in [*variants[1:], other]  # `other`: only images with 2+ categories (zip stops there)
     }
     ranked = sorted(
         variants, key=lambda v: (-result["results"][v]["pointing"]["mean"], -result["results"][v]["iou"]["mean"])
@@ -204,7 +215,7 @@ def main() -> None:
         f"| map | pointing acc. (95% CI) | box IoU (95% CI) |  ({result['pairs']} pairs, {len(ids)} images)",
         "|---|---|---|",
     ]
-    for k in [*ranked, "centre", "uniform"]:
+    for k in [*ranked, other, "centre", "uniform"]:
         p, i = result["results"][k]["pointing"], result["results"][k]["iou"]
         lines.append(
             f"| {k} | {p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] "
