@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
+from lvlm_guard.cache_compat import cache_kwargs, output_cache
 from lvlm_guard.errors import InputMismatchError
 
 
@@ -69,10 +70,10 @@ class ImageFreeContrast(LogitsProcessor):
                 input_ids=step_ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=self.cache,
+                **cache_kwargs(self.model, self.cache),
                 use_cache=True,
             )
-        self.cache, self.attention_mask = out.past_key_values, mask
+        self.cache, self.attention_mask = output_cache(out), mask
         logp_no_image = F.log_softmax(out.logits[:, -1].float(), dim=-1)
         logp_image = F.log_softmax(scores.float(), dim=-1)
         return contrast_log_probs(logp_image, logp_no_image, self.gamma, self.plausibility).to(scores.dtype)

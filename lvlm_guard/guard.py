@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lvlm_guard.attention import GUARDED, LAYER_ATTR, LayerAttention, register_guarded_attention
+from lvlm_guard.cache_compat import forward_cache
 from lvlm_guard.edits import HeadOutputEdit, HeadOutputs, HiddenStateEdit, InterventionPlan
 from lvlm_guard.errors import GuardStateError, InterventionConfigError
 from lvlm_guard.inputs import ImageLike, images_per_prompt
@@ -190,7 +191,7 @@ class Guard:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None or input_ids.shape[1] == 1:
             return None
-        past = kwargs.get("past_key_values")
+        past = forward_cache(kwargs)
         seen = int(past.get_seq_length()) if past is not None else 0
         state = self.state
         image_keys = self.adapter.image_token_mask(input_ids)

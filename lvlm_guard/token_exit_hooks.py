@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from lvlm_guard.cache_compat import forward_cache
 from lvlm_guard.errors import GuardStateError
 from lvlm_guard.state import GuardState
 
@@ -126,7 +127,7 @@ class TokenExitHooks:
     def _layer_hook(self, layer: int):
         def hook(module, args, kwargs):
             book = self.book
-            if not book.active:
+            if not book.active or self.state.suspended:  # e.g. VHR's image-free pass through the layers
                 return None
             if book.exit_at is None and self.decide is not None and book.deciding:
                 hidden = args[0] if args else kwargs["hidden_states"]
@@ -150,7 +151,7 @@ class TokenExitHooks:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             raise GuardStateError("token exit needs input_ids (to find the image tokens); got inputs_embeds only")
-        past = kwargs.get("past_key_values")
+        past = forward_cache(kwargs)
         if past is not None and not isinstance(past, DynamicCache):
             raise GuardStateError(
                 f"token exit needs a dynamic KV cache (its later layers hold fewer tokens); got {type(past).__name__}"
@@ -226,7 +227,7 @@ class TokenExitHooks:
 
     def _restore(self, module, args, output):
         fwd = self.book.forward
-        if self.book.active and fwd is not None:
+        if self.book.active and fwd is not None and not self.state.suspended:
             self.state.set_image_keys(fwd.image_keys)
             self.book.forward = None
         return None

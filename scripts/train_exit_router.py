@@ -1,36 +1,55 @@
 """Train DyVTE's exit router (`lvlm_guard.exit_router`) for a model on a COCO-format split.
 
 Labels as in DyVTE (notes: /work/shared/notes/methods.md): the MLLM is frozen; for each sample
-(an image, "Describe the image." and a reference caption, teacher-forced) and each layer l,
-label 1 (exit OK after l) when the model with the image tokens exiting after l predicts the same
-greedy tokens as the full model on > 99% of the answer tokens and its answer loss is < 1.03 x the
-full model's. Features: the router input after layer l at prefill (prompt part only; causal
-attention makes it equal to a prompt-only forward). Each layer's linear router is then fitted by
-cross-entropy on its own layer's samples.
+(an image, a prompt and a teacher-forced answer) and each layer l, label 1 (exit OK after l) when
+the model with the image tokens exiting after l predicts the same greedy tokens as the full model
+on > 99% of the answer tokens and its answer loss is < 1.03 x the full model's. Features: the
+router input after layer l at prefill (prompt part only; causal attention makes it equal to a
+prompt-only forward). Each layer's linear router is then fitted by cross-entropy.
 
-    python scripts/train_exit_router.py --model tiny-coco --split calib --num-images 60 \
+Samples mix the two kinds of prompt the evals ask (DyVTE trains on a mix of instruction data): a
+caption (one of several caption requests + the image's first reference caption) and a POPE question ("Is
+there a/an X in the image?" about a present or an absent category, answered with the full model's
+own greedy answer). A router trained on one prompt only extrapolates wildly to the other: the
+first shipped tiny-coco router, trained on captions alone, exited after layer 0 on every POPE
+question. A quarter of the images are held out and the per-layer held-out accuracy is reported;
+a layer whose training labels are all equal gets a constant router (no evidence, no extrapolation).
+
+    python scripts/train_exit_router.py --model tiny-coco --split calib --num-images 64 \
         --out lvlm_guard/checkpoints/tiny-coco-exit-router
 
 For a real checkpoint: same command with `--model llava-hf/llava-1.5-7b-hf --device cuda
---root <coco root with captions>`; a few hundred images suffice for linear routers.
+--dtype bfloat16 --root <coco root with captions and instances>`; a few hundred images suffice.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 import lvlm_guard as lg
+from evals.pope.build import question_text
 from lvlm_guard.exit_router import ExitRouter, after_image_mask, router_features
 from lvlm_guard.methods.token_exit import VisualTokenExit
 from lvlm_guard.world import default_world_root, ensure_world
 
-PROMPT = "Describe the image."
+# caption requests of several phrasings (the router must not key on one prompt's wording; the second
+# run of this script, trained on "Describe the image." alone, exited early on CHAIR's "Please describe
+# this image in detail." and ruined its captions)
+CAPTION_PROMPTS = (
+    "Describe the image.",
+    "Please describe this image in detail.",
+    "What do you see in this picture?",
+    "Write a short caption for this image.",
+)
+QUESTION_ANSWER_TOKENS = 12  # the full model's greedy answer to a POPE question, teacher-forced
 AGREEMENT = 0.99  # DyVTE: greedy predictions agree on > 99% of answer tokens
 LOSS_RATIO = 1.03  # DyVTE: exit loss < 1.03 x the full model's
 
@@ -42,11 +61,19 @@ def answer_stats(logits: torch.Tensor, ids: torch.Tensor, n_answer: int) -> tupl
     return pred_logits.argmax(-1), float(torch.nn.functional.cross_entropy(pred_logits, target))
 
 
-def sample_rows(model, processor, image: Image.Image, caption: str, device) -> tuple[list, list]:
-    """Per layer l: (features after l, label) for one sample."""
+def greedy_answer(model, processor, image: Image.Image, question: str) -> str:
+    guard = lg.attach(model, processor, [])
+    try:
+        return guard.generate(images=[image], prompts=[question], max_new_tokens=QUESTION_ANSWER_TOKENS).texts[0]
+    finally:
+        guard.detach()
+
+
+def sample_rows(model, processor, image: Image.Image, question: str, answer: str, device) -> tuple[list, list]:
+    """Per layer l: (features after l, label) for one (image, prompt, teacher-forced answer) sample."""
     adapter = lg.Guard(model, processor, []).adapter
-    prompt = adapter.chat_prompt(processor, PROMPT, 1)
-    inputs = processor(images=[image], text=[f"{prompt} {caption}"], return_tensors="pt").to(device)
+    prompt = adapter.chat_prompt(processor, question, 1)
+    inputs = processor(images=[image], text=[f"{prompt} {answer}"], return_tensors="pt").to(device)
     prompt_len = processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"].shape[1]
     ids = inputs["input_ids"]
     n_answer = ids.shape[1] - prompt_len
@@ -81,7 +108,9 @@ def fit(features: torch.Tensor, labels: torch.Tensor, hidden_size: int, steps: i
     num_layers = features.shape[1]
     router = ExitRouter(num_layers, hidden_size)
     mean = features.mean(0, keepdim=True)
-    scale = features.std(0, keepdim=True).clamp(min=1e-3)
+    std = features.std(0, keepdim=True)
+    # a feature nearly constant in training must not get a huge weight: floor at 10% of the layer's median
+    scale = torch.maximum(std, 0.1 * std.median(-1, keepdim=True).values).clamp(min=1e-6)
     x = (features - mean) / scale
     opt = torch.optim.Adam(router.parameters(), lr=1e-2, weight_decay=1e-2)
     for _ in range(steps):
@@ -93,6 +122,10 @@ def fit(features: torch.Tensor, labels: torch.Tensor, hidden_size: int, steps: i
         opt.step()
     with torch.no_grad():  # fold the standardisation into the weights: the router reads raw states
         for i, lin in enumerate(router.routers):
+            if bool((labels[:, i] == labels[0, i]).all()):  # one label seen: a constant router
+                lin.weight.zero_()
+                lin.bias.copy_(torch.tensor([0.0, 8.0] if int(labels[0, i]) else [8.0, 0.0]))
+                continue
             w = lin.weight / scale[0, i]
             lin.bias -= (w * mean[0, i]).sum(-1)
             lin.weight.copy_(w)
@@ -104,7 +137,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-coco")
     parser.add_argument("--split", default="calib")
     parser.add_argument("--root", default=None, help="COCO-format root (default: the embedded world)")
-    parser.add_argument("--num-images", type=int, default=60)
+    parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -116,36 +149,60 @@ def main() -> None:
     if args.root is None:
         ensure_world(args.split)
     captions = json.loads((root / "annotations" / f"captions_{args.split}.json").read_text())
+    instances = json.loads((root / "annotations" / f"instances_{args.split}.json").read_text())
     files = {img["id"]: img["file_name"] for img in captions["images"]}
     first_caption: dict[int, str] = {}
     for ann in captions["annotations"]:
         first_caption.setdefault(ann["image_id"], ann["caption"])
+    names = {cat["id"]: cat["name"] for cat in instances["categories"]}
+    present: dict[int, set[str]] = {}
+    for ann in instances["annotations"]:
+        present.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
     image_ids = sorted(first_caption)[: args.num_images]
 
     device_map = None if args.device == "cpu" else args.device
     model, processor = lg.load(args.model, dtype=args.dtype, device_map=device_map)
     model.eval()
+    rng = random.Random(args.seed)
     start = time.time()
-    feats, labels = [], []
-    for image_id in image_ids:
+    feats, labels, kinds = [], [], []
+    for image_id in tqdm(image_ids, desc="router samples", unit="img"):
         image = Image.open(root / args.split / files[image_id]).convert("RGB")
-        f, y = sample_rows(model, processor, image, first_caption[image_id], model.device)
-        feats.append(torch.stack(f))
-        labels.append(torch.tensor(y))
+        objects = sorted(present.get(image_id, ()))
+        absent = sorted(set(names.values()) - set(objects))
+        asked = rng.choice(objects) if objects and (rng.random() < 0.5 or not absent) else rng.choice(absent)
+        question = question_text(asked)
+        samples = [("caption", rng.choice(CAPTION_PROMPTS), first_caption[image_id])]
+        samples.append(("question", question, greedy_answer(model, processor, image, question)))
+        for kind, prompt, answer in samples:
+            f, y = sample_rows(model, processor, image, prompt, answer, model.device)
+            feats.append(torch.stack(f))
+            labels.append(torch.tensor(y))
+            kinds.append(kind)
     features, targets = torch.stack(feats), torch.stack(labels)
-    router = fit(features, targets, features.shape[-1] // 2, args.steps, args.seed)
+    # hold out the last quarter of the images (both of their samples) for an honest accuracy
+    n_train = 2 * max(1, (3 * len(image_ids)) // 4)
+    router = fit(features[:n_train], targets[:n_train], features.shape[-1] // 2, args.steps, args.seed)
     with torch.no_grad():
         p = torch.stack([router.exit_probability(i, features[:, i]) for i in range(features.shape[1])], 1)
+    correct = ((p > 0.5).long() == targets).float()
+    question_rows = torch.tensor([k == "question" for k in kinds])
     out = Path(args.out)
     router.save(out)
     summary = {
         "model": args.model,
         "split": args.split,
         "num_images": len(image_ids),
-        "label_rate_per_layer": targets.float().mean(0).tolist(),
-        "train_accuracy_per_layer": ((p > 0.5).long() == targets).float().mean(0).tolist(),
+        "samples": {"train": n_train, "held_out": len(kinds) - n_train, "kinds": ["caption", "question"]},
+        "label_rate_per_layer": {
+            "caption": targets[~question_rows].float().mean(0).tolist(),
+            "question": targets[question_rows].float().mean(0).tolist(),
+        },
+        "train_accuracy_per_layer": correct[:n_train].mean(0).tolist(),
+        "held_out_accuracy_per_layer": correct[n_train:].mean(0).tolist(),
+        "held_out_exit_rate_per_layer": (p[n_train:] > 0.5).float().mean(0).tolist(),
         "seconds": round(time.time() - start, 1),
-        "criteria": {"agreement": AGREEMENT, "loss_ratio": LOSS_RATIO, "prompt": PROMPT},
+        "criteria": {"agreement": AGREEMENT, "loss_ratio": LOSS_RATIO, "caption_prompts": list(CAPTION_PROMPTS)},
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

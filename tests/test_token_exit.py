@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_guard import IMAGES, PROMPTS
+from test_var import _sinky_var
 from tiny_models import assert_cached_equals_recomputation, tiny_llava
 
 import lvlm_guard as lg
@@ -96,7 +97,18 @@ def test_later_layer_caches_hold_text_only():
     guard.detach()
 
 
-def test_composes_with_pai_and_detach_is_bit_identical():
+def _composed(model, name: str) -> lg.Intervention:
+    if name == "pai":
+        return lg.PAI(alpha=0.8, gamma=None, start_layer=0)
+    if name == "var":
+        return _sinky_var(model)
+    return lg.VHR(alpha=2.5)
+
+
+@pytest.mark.parametrize("name", ["pai", "var", "vhr"])
+def test_composes_with_attention_guards_and_detach_is_bit_identical(name):
+    """Guard + exit: the guard still acts in the layers up to the exit, the cache stays consistent
+    (cached decoding == recomputation, batch == one by one), and off/detach restore the model."""
     model, processor = tiny_llava()
     plain = lg.Guard(model, processor, [])
     inputs = plain.prepare(IMAGES, PROMPTS)
@@ -106,12 +118,15 @@ def test_composes_with_pai_and_detach_is_bit_identical():
     with torch.no_grad():
         only = model(**inputs).logits
     exit_only.detach()
-    guard = lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None, start_layer=0), VisualTokenExit(layer=2)])
+    guard = lg.attach(model, processor, [_composed(model, name), VisualTokenExit(layer=2)])
     with torch.no_grad():
         both = model(**inputs).logits
         assert_cached_equals_recomputation(model, inputs, steps=4)
-    assert both.shape == only.shape
-    assert not torch.allclose(both[:, -1], only[:, -1])  # PAI still acts in layers <= exit
+    assert both.shape == only.shape  # the image tokens left the sequence
+    assert not torch.allclose(both[:, -1], only[:, -1])  # the guard still acts in layers <= exit
+    batch = guard.generate(IMAGES, PROMPTS, max_new_tokens=4)
+    single = [guard.generate([img], [p], max_new_tokens=4) for img, p in zip(IMAGES, PROMPTS)]
+    assert batch.token_ids == [s.token_ids[0] for s in single]
     with guard.disabled(), torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, before, rtol=0, atol=0)
     guard.detach()
