@@ -54,14 +54,14 @@ def main() -> None:
             table.setdefault(name, {})[f"pope_{split}_f1"] = metrics.get(split, {}).get("f1", {}).get("value")
         if "exit:router=tiny-coco" in pope and split in pope["exit:router=tiny-coco"]:
             axes[0].axhline(pope["exit:router=tiny-coco"][split]["f1"]["value"] * 100, ls=":", lw=1)
-    for key in ("chair_s", "chair_i"):
+    for key in ("chair_s", "chair_i", "recall"):  # recall: the share of real objects the caption names
         points = sorted(
             (exit_layer(n, args.num_layers), m["all"][key]["value"] * 100)
             for n, m in chair.items()
             if exit_layer(n, args.num_layers) is not None
         )
         if points:
-            axes[1].plot(*zip(*points), marker="o", label=key.upper())
+            axes[1].plot(*zip(*points), marker="o", label="object recall" if key == "recall" else key.upper())
         for name, metrics in chair.items():
             table.setdefault(name, {})[key] = metrics["all"][key]["value"]
         if "exit:router=tiny-coco" in chair:
