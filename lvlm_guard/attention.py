@@ -19,6 +19,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from lvlm_guard import attention_math as am
+from lvlm_guard import decode_kernel as dk
 from lvlm_guard.edits import AttentionEdit, AttentionRows
 from lvlm_guard.state import GuardState
 
@@ -65,6 +66,19 @@ def guarded_attention_forward(module, query, key, value, attention_mask, **kwarg
 FUSED_MIN_ROWS = 128
 
 
+#: the fused Triton decoding kernel (`lvlm_guard.decode_kernel`): "auto" = on CUDA where Triton is
+#: installed; "on" = wherever it can run (the tests: CPU through Triton's interpreter); "off" = never.
+#: Off by default until it is measured on a GPU: so far it is checked against float64 references
+#: and the bias path through Triton's interpreter only.
+DECODE_KERNEL = "off"
+
+
+def _decode_kernel_allowed(query: torch.Tensor, key: torch.Tensor) -> bool:
+    if DECODE_KERNEL == "off" or not dk.supports(query, key) or not dk.triton_available():
+        return False
+    return DECODE_KERNEL == "on" or query.is_cuda
+
+
 def _fused_allowed(query: torch.Tensor) -> bool:
     """In "auto": only inside a compiled CUDA graph (called from eager code, the compiled kernel's
     dispatch costs more than the second key read it saves), and only for enough rows."""
@@ -92,6 +106,8 @@ class LayerAttention:
         self.any_reweight = any(e.reweight is not None for e in edits)
         #: every edit is an all-head score_mod: a decoding step can run as one fused kernel
         self.fusable = bool(edits) and all(e.score_mod is not None and e.heads is None for e in edits)
+        #: the layer's one all-head edit has a kernel form: a decoding step can run as one Triton launch
+        self.kernel = edits[0].decode_kernel if len(edits) == 1 and edits[0].heads is None else None
         self._index_cache: dict = {}
 
     def __call__(self, module, query, key, value, attention_mask, stock: Callable, **kwargs):
@@ -105,6 +121,10 @@ class LayerAttention:
         group = query.shape[1] // key.shape[1]
         image_keys = state.image_keys_for(query.shape[0], key.shape[2], query.device)
         row_start = self._row_start(edits, q_len) if edits else q_len
+        if edits and q_len == 1 and self.kernel is not None and not tap and _decode_kernel_allowed(query, key):
+            allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
+            sinks = self.kernel.sinks(state, self.layer) if self.kernel.sinks is not None else None
+            return dk.decode_attention(query, key, value, allowed, image_keys, self.kernel, sinks, scaling), None
         if edits and q_len == 1 and self.fusable and not tap and _fused_allowed(query):
             allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
             mods = [(e.score_mod.fn, e.score_mod.weights(state, image_keys)) for e in edits]

@@ -77,4 +77,3 @@ class ImageFreeContrast(LogitsProcessor):
         logp_no_image = F.log_softmax(out.logits[:, -1].float(), dim=-1)
         logp_image = F.log_softmax(scores.float(), dim=-1)
         return contrast_log_probs(logp_image, logp_no_image, self.gamma, self.plausibility).to(scores.dtype)
-

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
+from lvlm_guard.decode_kernel import DecodeKernel
+
 if TYPE_CHECKING:
     from lvlm_guard.state import GuardState
 
@@ -122,6 +124,9 @@ class AttentionEdit:
     logit_bias: LogitBias | None = None
     reweight: Reweight | None = None
     score_mod: ScoreMod | None = None
+    #: the same edit in the declarative form the fused Triton decoding kernel runs (a layer whose
+    #: only edit has one uses it while decoding on CUDA; `lvlm_guard.decode_kernel`)
+    decode_kernel: DecodeKernel | None = None
 
     def __post_init__(self) -> None:
         if self.logit_bias is None and self.reweight is None and self.score_mod is None:

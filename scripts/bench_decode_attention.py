@@ -5,8 +5,12 @@ calls, each variant compiled as the static-cache decode would compile it):
   - `sdpa`: what the plain model runs (SDPA with the boolean cache mask);
   - `sdpa_bias`: PAI as an additive bias (q.K^T, `alpha*|s|`, SDPA with a float mask): K read twice;
   - `flex_mask`: FlexAttention with the mask only (the fused kernel's own cost);
-  - `flex_pai`: FlexAttention with PAI's score_mod (one pass over K), with several kernel options.
-Times are kernel times (CUDA-graph replay), microseconds. Writes JSON to --out.
+  - `flex_pai`: FlexAttention with PAI's score_mod (one pass over K), with several kernel options;
+  - `triton_pai`, `triton_var`: our fused decoding kernel (`lvlm_guard.decode_kernel`) in its
+    AMPLIFY and REDISTRIBUTE modes, through the `triton_op` a compiled decode traces.
+Times are kernel times (CUDA-graph replay), microseconds. Eager decoding pays the Python side too:
+`eager_*` rows time one eager call of the plain SDPA, the bias path and the Triton launch
+(host wall clock, synchronised, median). Writes JSON to --out.
 
     python scripts/bench_decode_attention.py --out evals/results/bench_decode_attention.json
 """
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lvlm_guard import attention_math as am
+from lvlm_guard import decode_kernel as dk
 
 HEADS, HEAD_DIM, IMAGE = 32, 128, (5, 581)
 
@@ -32,17 +37,17 @@ def amplified(score, weight):
 def variants(options_list):
     scale = HEAD_DIM**-0.5
 
-    def sdpa(q, k, v, allowed, weights):
+    def sdpa(q, k, v, allowed, weights, image, sinks):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
-    def sdpa_bias(q, k, v, allowed, weights):
+    def sdpa_bias(q, k, v, allowed, weights, image, sinks):
         s = torch.matmul(q, k.transpose(-1, -2)).float() * scale
         bias = (amplified(s, weights[:, None, None, :]) - s).to(q.dtype)
         bias = bias.masked_fill(~allowed, torch.finfo(q.dtype).min)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
     def flex(options, mods):
-        def run(q, k, v, allowed, weights):
+        def run(q, k, v, allowed, weights, image, sinks):
             previous = am.FLEX_KERNEL_OPTIONS
             am.FLEX_KERNEL_OPTIONS = options
             try:
@@ -52,7 +57,19 @@ def variants(options_list):
 
         return run
 
-    found = {"sdpa": sdpa, "sdpa_bias": sdpa_bias, "flex_mask": flex(None, [])}
+    def triton(spec):
+        def run(q, k, v, allowed, weights, image, sinks):
+            return dk.decode_attention(q, k, v, allowed, image, spec, sinks, scale)
+
+        return run
+
+    found = {
+        "sdpa": sdpa,
+        "sdpa_bias": sdpa_bias,
+        "triton_pai": triton(dk.DecodeKernel(dk.AMPLIFY, alpha=0.2)),
+        "triton_var": triton(dk.DecodeKernel(dk.REDISTRIBUTE, p=0.6, rho=0.5, summ=0.2)),
+        "flex_mask": flex(None, []),
+    }
     for options in options_list:
         found[f"flex_pai{json.dumps(options, sort_keys=True) if options else ''}"] = flex(options, [amplified])
     return found
@@ -68,6 +85,22 @@ def time_variant(fn, inputs, calls: int) -> float:
         compiled(*inputs)
     torch.cuda.synchronize()
     return do_bench_cudagraph(lambda: compiled(*inputs), rep=max(calls // 4, 20), return_mode="median") * 1000
+
+
+def time_eager(fn, inputs, calls: int) -> float:
+    """Median microseconds of one eager call, host side included (what dynamic-cache decoding pays)."""
+    import time
+
+    for _ in range(10):
+        fn(*inputs)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn(*inputs)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e6)
+    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -94,7 +127,10 @@ def main() -> None:
         allowed[..., : args.key_len - 30] = True  # the cache slots written so far
         weights = torch.zeros(batch, args.key_len, device="cuda")
         weights[:, IMAGE[0] : IMAGE[1]] = 0.2
-        inputs = (q, k, v, allowed, weights)
+        image = weights > 0
+        sinks = torch.zeros(batch, IMAGE[1], dtype=torch.bool, device="cuda")
+        sinks[:, [0, IMAGE[0]]] = True  # BOS and the first image token
+        inputs = (q, k, v, allowed, weights, image, sinks)
         row = {"batch": batch}
         for name, fn in variants(args.options).items():
             try:
@@ -102,6 +138,9 @@ def main() -> None:
             except Exception as error:  # an option the kernel rejects
                 row[name] = repr(error)[:200]
             print(f"b{batch} {name:40s} {row[name]}", flush=True)
+        for name in ("sdpa", "sdpa_bias", "triton_pai", "triton_var"):
+            row[f"eager_{name}"] = time_eager(variants([])[name], inputs, args.calls)
+            print(f"b{batch} eager_{name:34s} {row[f'eager_{name}']}", flush=True)
         results["rows"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))

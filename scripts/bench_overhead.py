@@ -126,8 +126,8 @@ DEFAULT_MODES = list(SPECIAL_MODES)
 
 
 def interventions_of(mode: str) -> list | None:
-    """The interventions a mode attaches (None: no guard at all); `@unfused` is handled by `fused_setting`."""
-    mode = mode.removesuffix("@unfused")
+    """The interventions a mode attaches (None: no guard at all); `@unfused`/`@kernel`: `fused_setting`."""
+    mode = mode.removesuffix("@unfused").removesuffix("@kernel")
     if mode in SPECIAL_MODES:
         return SPECIAL_MODES[mode]
     return lg.parse_guard_spec(mode)
@@ -135,13 +135,17 @@ def interventions_of(mode: str) -> list | None:
 
 @contextmanager
 def fused_setting(mode: str):
-    """`<mode>@unfused`: the same guard with score-mod edits as an SDPA bias (the pre-FlexAttention path)."""
-    previous = attention.FUSED_SCORE_MODS
-    attention.FUSED_SCORE_MODS = "off" if mode.endswith("@unfused") else previous
+    """`<mode>@unfused`: the same guard with its edits as an SDPA bias (no FlexAttention);
+    `<mode>@kernel`: with the fused Triton decoding kernel (`attention.DECODE_KERNEL = "auto"`)."""
+    previous = attention.FUSED_SCORE_MODS, attention.DECODE_KERNEL
+    if mode.endswith("@unfused"):
+        attention.FUSED_SCORE_MODS = "off"
+    elif mode.endswith("@kernel"):
+        attention.DECODE_KERNEL = "auto"
     try:
         yield
     finally:
-        attention.FUSED_SCORE_MODS = previous
+        attention.FUSED_SCORE_MODS, attention.DECODE_KERNEL = previous
 
 
 def run_generate(model, inputs, mode, new_tokens, cache) -> tuple[float, int, torch.Tensor]:

@@ -10,6 +10,11 @@ if ! .venv/bin/python -c "import lvlm_guard, evals, pytest, pycocotools, streaml
     .venv/bin/pip install -q "torch==2.13.0"
     .venv/bin/pip install -q -e ".[dev,eval,app]"
 fi
+# Triton: the fused decoding kernel's tests run it on CPU through Triton's interpreter (CUDA builds
+# of torch bring their own Triton; where no wheel exists the tests skip)
+if ! .venv/bin/python -c "import triton" 2>/dev/null; then
+    .venv/bin/pip install -q "triton>=3.2" || echo "setup_env: no Triton wheel here; the kernel tests will skip" >&2
+fi
 # the app's browser test (tests/test_app_browser.py) drives Debian's chromium through chromedriver
 if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Without a GPU, Triton kernels (lvlm_guard.decode_kernel) run in Triton's interpreter. Triton reads
+# this when it is imported, which importing torch/lvlm_guard may do, so it is set before them.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -16,6 +16,7 @@ from functools import partial
 import torch
 
 from lvlm_guard.contrastive import ImageFreeContrast
+from lvlm_guard.decode_kernel import AMPLIFY, DecodeKernel
 from lvlm_guard.edits import AttentionEdit, AttentionRows, InterventionPlan, ScoreMod
 from lvlm_guard.errors import InterventionConfigError
 from lvlm_guard.methods.base import Intervention, layer_range, register_method
@@ -69,7 +70,8 @@ class PAI(Intervention):
             fn=_amplified,
             eager_bias=partial(_amplification_bias, self.alpha),
         )
-        edit = AttentionEdit(rows="generating", score_mod=amplify)
+        kernel = DecodeKernel(AMPLIFY, alpha=self.alpha)
+        edit = AttentionEdit(rows="generating", score_mod=amplify, decode_kernel=kernel)
         return InterventionPlan(attention={layer: [edit] for layer in self.layers(spec)})
 
     def logits_processor(self, guard, inputs: dict):

@@ -32,6 +32,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from lvlm_guard.decode_kernel import REDISTRIBUTE, DecodeKernel
 from lvlm_guard.edits import AttentionEdit, AttentionRows, HiddenStateEdit, InterventionPlan
 from lvlm_guard.errors import InterventionConfigError
 from lvlm_guard.methods.base import Intervention, layer_range, register_method
@@ -51,20 +52,25 @@ def redistribution_log_factors(
     probs `[b, h, r, k]` (current attention, rows sum to 1); image, sinks `[b, k]` bool. The three
     group masses come from one matmul against the groups' indicator columns (few kernels per layer).
     """
-    groups = torch.stack([image, image & sinks, sinks], dim=-1).to(probs.dtype)  # [b, k, 3]
-    masses = torch.matmul(probs, groups[:, None])  # [b, h, r, 3]: image I, visual sinks Vs, sinks S
-    image_mass, visual_sink_mass, sink_mass = masses.unbind(-1)
-    free_mass = image_mass - visual_sink_mass  # N: non-sink image tokens
+    non_sink_image = image & ~sinks
+    groups = torch.stack([image, image & sinks, sinks, non_sink_image], dim=-1).to(probs.dtype)  # [b, k, 4]
+    masses = torch.matmul(probs, groups[:, None])  # [b, h, r, 4]: image I, visual sinks Vs, sinks S, N
+    # N summed directly, not I - Vs: that difference cancels in float32 when visual sinks dominate
+    image_mass, visual_sink_mass, sink_mass, free_mass = masses.unbind(-1)
     selected = (visual_sink_mass <= rho * image_mass) & (image_mass >= summ) & (free_mass > 0)
     gain = torch.log1p((1 - p) * sink_mass / free_mass.clamp_min(torch.finfo(probs.dtype).tiny))
-    non_sink_image = (image & ~sinks)[:, None, None, :].to(probs.dtype)
-    factors = math.log(p) * groups[:, None, None, :, 2] + gain[..., None] * non_sink_image
+    factors = math.log(p) * groups[:, None, None, :, 2] + gain[..., None] * groups[:, None, None, :, 3]
     return torch.where(selected[..., None], factors, torch.zeros_like(factors))
+
+
+def _layer_sinks(state: GuardState, layer: int) -> torch.Tensor | None:
+    """`[b, prompt_len]` sink tokens entering `layer` (None before any prompt was read)."""
+    return state.scratch.get(SINKS, {}).get(layer)
 
 
 def _redistribution_bias(config: VAR, rows: AttentionRows) -> torch.Tensor:
     k = rows.key.shape[2]
-    sinks = rows.state.scratch.get(SINKS, {}).get(rows.layer)
+    sinks = _layer_sinks(rows.state, rows.layer)
     if sinks is None:
         sinks = torch.zeros(rows.image_keys.shape, dtype=torch.bool, device=rows.image_keys.device)
     sinks = F.pad(sinks, (0, k - sinks.shape[1])) if sinks.shape[1] < k else sinks[:, :k]
@@ -113,7 +119,10 @@ class VAR(Intervention):
             raise InterventionConfigError(f"var: sink_dims {self.sink_dims} outside 0..{spec.hidden_size - 1}")
         plan = InterventionPlan()
         for layer in self.layers(spec):
-            edit = AttentionEdit(rows="after_image", logit_bias=partial(_redistribution_bias, self))
+            kernel = DecodeKernel(REDISTRIBUTE, p=self.p, rho=self.rho, summ=self.summ, sinks=_layer_sinks)
+            edit = AttentionEdit(
+                rows="after_image", logit_bias=partial(_redistribution_bias, self), decode_kernel=kernel
+            )
             plan.attention[layer] = [edit]
             plan.hidden_states[layer - 1] = [HiddenStateEdit(partial(_record_sinks, self, layer))]
         return plan

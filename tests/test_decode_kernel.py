@@ -1,0 +1,181 @@
+"""The fused decoding kernel against float64 references of PAI's and VAR's formulas.
+
+Without CUDA the kernel runs in Triton's interpreter (`TRITON_INTERPRET=1`, set by conftest.py
+before Triton is imported), so CI checks the same kernel code that runs on the GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from test_guard import IMAGES, PROMPTS  # noqa: E402
+from test_var import _sinky_var  # noqa: E402
+from tiny_models import tiny_llava  # noqa: E402
+
+import lvlm_guard as lg  # noqa: E402
+from lvlm_guard import attention, decode_kernel  # noqa: E402
+from lvlm_guard.decode_kernel import AMPLIFY, REDISTRIBUTE, DecodeKernel, decode_attention  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+B, H, KV, D, K, PROMPT = 2, 4, 2, 16, 150, 110  # K not a multiple of the kernel's key block
+SCALING = D**-0.5
+
+
+def _inputs(seed: int, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, 1, D, generator=g) * 2
+    k = torch.randn(B, KV, K, D, generator=g)
+    v = torch.randn(B, KV, K, D, generator=g)
+    allowed = torch.ones(B, 1, 1, K, dtype=torch.bool)
+    allowed[0, ..., :7] = False  # sequence 0 is left-padded by 7
+    image = torch.zeros(B, K, dtype=torch.bool)
+    image[0, 27:100] = True
+    image[1, 20:93] = True
+    sinks = torch.zeros(B, PROMPT, dtype=torch.bool)
+    sinks[0, [7, 40, 41, 77]] = True  # BOS (text sink) and visual sinks
+    sinks[1, [0, 22, 60]] = True
+    k[0, :, [40, 41, 77]] += 3 * q[0, ::2, 0].mean(0)  # make the visual sinks attract attention
+    to = {"device": DEVICE}
+    return (q.to(dtype=dtype, **to), k.to(dtype=dtype, **to), v.to(dtype=dtype, **to),
+            allowed.to(**to), image.to(**to), sinks.to(**to))  # fmt: skip
+
+
+def _probs64(q, k, allowed, image, alpha=0.0):
+    kr = k.double().repeat_interleave(H // KV, 1)
+    s = (q.double() @ kr.transpose(-1, -2))[:, :, 0] * SCALING  # [b, h, k]
+    s = torch.where(image[:, None], s + alpha * s.abs(), s)
+    s = s.masked_fill(~allowed[:, 0], float("-inf"))
+    return s.softmax(-1)
+
+
+def _pai_reference(q, k, v, allowed, image, alpha):
+    probs = _probs64(q, k, allowed, image, alpha)
+    return torch.einsum("bhk,bhkd->bhd", probs, v.double().repeat_interleave(H // KV, 1))
+
+
+def _var_reference(q, k, v, allowed, image, sinks, p, rho, summ):
+    """VAR's rule written out row by row: masses, selection, sinks x p, freed mass to free image keys."""
+    probs = _probs64(q, k, allowed, image)
+    sink = torch.zeros(B, K, dtype=torch.bool, device=q.device)
+    sink[:, :PROMPT] = sinks
+    for b in range(B):
+        for h in range(H):
+            row = probs[b, h]
+            image_mass = row[image[b]].sum()
+            visual_sink_mass = row[image[b] & sink[b]].sum()
+            free = image[b] & ~sink[b]
+            free_mass = row[free].sum()
+            if visual_sink_mass <= rho * image_mass and image_mass >= summ and free_mass > 0:
+                sink_mass = row[sink[b]].sum()
+                new = row.clone()
+                new[sink[b]] *= p
+                new[free] *= 1 + (1 - p) * sink_mass / free_mass
+                probs[b, h] = new
+    return torch.einsum("bhk,bhkd->bhd", probs, v.double().repeat_interleave(H // KV, 1))
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_amplify_equals_float64_pai(masked):
+    q, k, v, allowed, image, _ = _inputs(0)
+    if not masked:
+        allowed = torch.ones_like(allowed)
+    spec = DecodeKernel(AMPLIFY, alpha=0.7)
+    out = decode_attention(q, k, v, allowed if masked else None, image, spec, None, SCALING)
+    assert out.shape == (B, 1, H, D)
+    torch.testing.assert_close(out[:, 0].double(), _pai_reference(q, k, v, allowed, image, 0.7), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("rho", "summ"), [(1.0, 0.0), (0.5, 0.2), (0.02, 0.0)])
+def test_redistribute_equals_float64_var(rho, summ):
+    q, k, v, allowed, image, sinks = _inputs(1)
+    spec = DecodeKernel(REDISTRIBUTE, p=0.3, rho=rho, summ=summ)
+    out = decode_attention(q, k, v, allowed, image, spec, sinks, SCALING)
+    expected = _var_reference(q, k, v, allowed, image, sinks, 0.3, rho, summ)
+    plain = _pai_reference(q, k, v, allowed, image, 0.0)
+    torch.testing.assert_close(out[:, 0].double(), expected, rtol=1e-5, atol=1e-5)
+    if rho == 1.0:
+        assert not torch.allclose(expected, plain)  # the case really redistributes
+
+
+def test_bf16_inputs_stay_close_to_the_reference():
+    q, k, v, allowed, image, _ = _inputs(2, torch.bfloat16)
+    out = decode_attention(q, k, v, allowed, image, DecodeKernel(AMPLIFY, alpha=0.5), None, SCALING)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out[:, 0].double(), _pai_reference(q, k, v, allowed, image, 0.5), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("method", ["pai", "var"])
+def test_guarded_generation_with_the_kernel_equals_the_bias_path(method, monkeypatch):
+    model, processor = tiny_llava()
+    guard_method = lg.PAI(alpha=0.8, gamma=None) if method == "pai" else _sinky_var(model)
+    guard = lg.attach(model, processor, [guard_method])
+    inputs = guard.prepare(IMAGES, PROMPTS)
+    calls = []
+    kernel_call = decode_kernel.decode_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return kernel_call(*args, **kwargs)
+
+    def generate(setting: str):
+        monkeypatch.setattr(attention, "DECODE_KERNEL", setting)
+        with torch.no_grad():
+            return model.generate(
+                **inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
+
+    base = generate("off")
+    assert not calls
+    monkeypatch.setattr(attention.dk, "decode_attention", counted)
+    fused = generate("on")
+    guard.detach()
+    assert len(calls) >= 5 * len(guard_method.layers(guard.adapter.spec))  # every decoding step, every layer
+    assert torch.equal(fused.sequences, base.sequences)
+    for a, b in zip(fused.logits, base.logits):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [AMPLIFY, REDISTRIBUTE])
+def test_kernel_at_llava_7b_head_shapes_eager_and_compiled(mode):
+    """bf16 at 32 heads x 128 dims over 700 keys (static-cache slots masked), eager launch and
+    the `triton_op` that a compiled decode traces, against the float64 references."""
+    heads, d, k_len, prompt = 32, 128, 700, 640
+    gen = torch.Generator().manual_seed(mode)
+    q = torch.randn(2, heads, 1, d, generator=gen).cuda().bfloat16()
+    k = torch.randn(2, heads, k_len, d, generator=gen).cuda().bfloat16()
+    v = torch.randn(2, heads, k_len, d, generator=gen).cuda().bfloat16()
+    allowed = torch.ones(2, 1, 1, k_len, dtype=torch.bool, device="cuda")
+    allowed[1, ..., :30] = False
+    allowed[..., 660:] = False
+    image = torch.zeros(2, k_len, dtype=torch.bool, device="cuda")
+    image[:, 35:611] = True
+    sinks = torch.zeros(2, prompt, dtype=torch.bool, device="cuda")
+    sinks[:, [0, 30, 100, 101, 300]] = True
+    spec = DecodeKernel(mode, alpha=0.5, p=0.6, rho=1.0, summ=0.0)
+    run = lambda q, k, v: decode_attention(q, k, v, allowed, image, spec, sinks, d**-0.5)  # noqa: E731
+    eager = run(q, k, v)
+    compiled = torch.compile(run, fullgraph=True)(q, k, v)
+    scores = (q.double() @ k.double().transpose(-1, -2))[:, :, 0] * d**-0.5
+    if mode == AMPLIFY:
+        scores = torch.where(image[:, None], scores * 1.0 + 0.5 * scores.abs(), scores)
+    probs = scores.masked_fill(~allowed[:, 0], float("-inf")).softmax(-1)
+    if mode == REDISTRIBUTE:
+        sink = torch.zeros_like(image)
+        sink[:, :prompt] = sinks
+        free = image & ~sink
+        for b in range(2):
+            for h in range(heads):
+                row = probs[b, h]
+                sink_mass, free_mass = row[sink[b]].sum(), row[free[b]].sum()
+                if row[image[b] & sink[b]].sum() <= row[image[b]].sum() and free_mass > 0:
+                    new = row.clone()
+                    new[sink[b]] *= 0.6
+                    new[free[b]] *= 1 + 0.4 * sink_mass / free_mass
+                    probs[b, h] = new
+    ref = torch.einsum("bhk,bhkd->bhd", probs, v.double())
+    torch.testing.assert_close(eager[:, 0].double(), ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(compiled[:, 0].double(), ref, rtol=2e-2, atol=2e-2)
