@@ -20,6 +20,7 @@ static-cache decode captures it in its CUDA graph.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cache
 
@@ -238,4 +239,7 @@ def decode_attention(
 
 
 if triton_available():
-    _compiled_op()  # registered at import: registering a custom op while dynamo traces is not allowed
+    try:  # registered at import: registering a custom op while dynamo traces is not allowed
+        _compiled_op()
+    except Exception as error:  # an older torch/Triton pair: keep the library importable
+        warnings.warn(f"lvlm_guard: the decode kernel's custom op is unavailable ({error!r})", stacklevel=1)
