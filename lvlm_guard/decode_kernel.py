@@ -56,14 +56,29 @@ def triton_available() -> bool:
     return True
 
 
-@cache
-def _kernel():
-    """The jitted kernel, built on first use (so `TRITON_INTERPRET` set by a test applies)."""
+if triton_available():  # module level: Triton resolves a kernel's helpers through its globals
     import triton
     import triton.language as tl
 
     @triton.jit
-    def decode_attention_kernel(
+    def _key_block(q, k_base, IMG, ALLOWED, SINKS, b, start, n_keys, n_sink_keys,
+                  s_kn, s_kd, s_ib, s_in, s_ab, s_an, s_sb, s_sn,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, HAS_ALLOWED: tl.constexpr):  # fmt: skip
+        """One block of keys: their scaled scores, validity, image and sink flags, indices."""
+        n = start + tl.arange(0, BLOCK_N)
+        d = tl.arange(0, HEAD_DIM)
+        inside = n < n_keys
+        valid = inside
+        if HAS_ALLOWED:
+            valid = valid & (tl.load(ALLOWED + b * s_ab + n * s_an, mask=inside, other=0) != 0)
+        k = tl.load(k_base + n[:, None] * s_kn + d[None, :] * s_kd, mask=valid[:, None], other=0.0)
+        s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+        image = tl.load(IMG + b * s_ib + n * s_in, mask=inside, other=0) != 0
+        sink = tl.load(SINKS + b * s_sb + n * s_sn, mask=n < n_sink_keys, other=0) != 0
+        return n, valid, s, image, sink
+
+    @triton.jit
+    def _decode_attention_kernel(
         Q, K, V, OUT, IMG, ALLOWED, SINKS,
         s_qb, s_qh, s_qd,
         s_kb, s_kh, s_kn, s_kd,
@@ -92,14 +107,10 @@ def _kernel():
         acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
         # pass 1: AMPLIFY computes the output (online softmax); REDISTRIBUTE the row's group masses
         for start in range(0, n_keys, BLOCK_N):
-            n = start + tl.arange(0, BLOCK_N)
-            inside = n < n_keys
-            valid = inside
-            if HAS_ALLOWED:
-                valid = valid & (tl.load(ALLOWED + b * s_ab + n * s_an, mask=inside, other=0) != 0)
-            k = tl.load(k_base + n[:, None] * s_kn + d[None, :] * s_kd, mask=valid[:, None], other=0.0)
-            s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
-            image = tl.load(IMG + b * s_ib + n * s_in, mask=inside, other=0) != 0
+            n, valid, s, image, sink = _key_block(
+                q, k_base, IMG, ALLOWED, SINKS, b, start, n_keys, n_sink_keys,
+                s_kn, s_kd, s_ib, s_in, s_ab, s_an, s_sb, s_sn, HEAD_DIM, BLOCK_N, HAS_ALLOWED,
+            )  # fmt: skip
             if MODE == 0:
                 s = tl.where(image, s + alpha * tl.abs(s), s)
             s = tl.where(valid, s, -float("inf"))
@@ -112,8 +123,6 @@ def _kernel():
                 v = tl.load(v_base + n[:, None] * s_vn + d[None, :] * s_vd, mask=valid[:, None], other=0.0)
                 acc = acc * correction + tl.sum(w[:, None] * v.to(tl.float32), axis=0)
             else:
-                in_prompt = n < n_sink_keys
-                sink = tl.load(SINKS + b * s_sb + n * s_sn, mask=in_prompt, other=0) != 0
                 image_mass = image_mass * correction + tl.sum(tl.where(image, w, 0.0), axis=0)
                 visual_sink_mass = visual_sink_mass * correction + tl.sum(tl.where(image & sink, w, 0.0), axis=0)
                 sink_mass = sink_mass * correction + tl.sum(tl.where(sink, w, 0.0), axis=0)
@@ -127,15 +136,10 @@ def _kernel():
             m_safe = tl.where(m == -float("inf"), 0.0, m)
             total = zero
             for start in range(0, n_keys, BLOCK_N):
-                n = start + tl.arange(0, BLOCK_N)
-                inside = n < n_keys
-                valid = inside
-                if HAS_ALLOWED:
-                    valid = valid & (tl.load(ALLOWED + b * s_ab + n * s_an, mask=inside, other=0) != 0)
-                k = tl.load(k_base + n[:, None] * s_kn + d[None, :] * s_kd, mask=valid[:, None], other=0.0)
-                s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
-                image = tl.load(IMG + b * s_ib + n * s_in, mask=inside, other=0) != 0
-                sink = tl.load(SINKS + b * s_sb + n * s_sn, mask=n < n_sink_keys, other=0) != 0
+                n, valid, s, image, sink = _key_block(
+                    q, k_base, IMG, ALLOWED, SINKS, b, start, n_keys, n_sink_keys,
+                    s_kn, s_kd, s_ib, s_in, s_ab, s_an, s_sb, s_sn, HEAD_DIM, BLOCK_N, HAS_ALLOWED,
+                )  # fmt: skip
                 factor = tl.where(sink, sink_factor, tl.where(image, gain, 1.0))
                 w = tl.where(valid, tl.exp(s - m_safe) * factor, 0.0)
                 v = tl.load(v_base + n[:, None] * s_vn + d[None, :] * s_vd, mask=valid[:, None], other=0.0)
@@ -144,7 +148,10 @@ def _kernel():
         out = acc / total
         tl.store(OUT + b * s_ob + h * s_oh + d * s_od, out.to(OUT.dtype.element_ty))
 
-    return decode_attention_kernel
+
+def _kernel():
+    """The jitted kernel (interpreted on CPU when `TRITON_INTERPRET=1` was set before this import)."""
+    return _decode_attention_kernel
 
 
 def _launch(kernel, query, key, value, allowed, image_keys, sinks, scaling, mode, alpha, p, rho, summ):
