@@ -56,7 +56,9 @@ def triton_available() -> bool:
     return True
 
 
-if triton_available():  # module level: Triton resolves a kernel's helpers through its globals
+# Module level: Triton resolves a kernel's helpers through its globals. Interpreted on CPU when
+# `TRITON_INTERPRET=1` was set before Triton's import (the tests' conftest.py does).
+if triton_available():
     import triton
     import triton.language as tl
 
@@ -149,11 +151,6 @@ if triton_available():  # module level: Triton resolves a kernel's helpers throu
         tl.store(OUT + b * s_ob + h * s_oh + d * s_od, out.to(OUT.dtype.element_ty))
 
 
-def _kernel():
-    """The jitted kernel (interpreted on CPU when `TRITON_INTERPRET=1` was set before this import)."""
-    return _decode_attention_kernel
-
-
 def _launch(kernel, query, key, value, allowed, image_keys, sinks, scaling, mode, alpha, p, rho, summ):
     """Run `kernel` (the jitted one, or its `wrap_triton` form under compile); returns `[b, 1, h, d]`."""
     b, heads, _, head_dim = query.shape
@@ -199,7 +196,19 @@ def _compiled_op():
         summ: float,
     ) -> torch.Tensor:
         return _launch(
-            wrap_triton(_kernel()), query, key, value, allowed, image_keys, sinks, scaling, mode, alpha, p, rho, summ
+            wrap_triton(_decode_attention_kernel),
+            query,
+            key,
+            value,
+            allowed,
+            image_keys,
+            sinks,
+            scaling,
+            mode,
+            alpha,
+            p,
+            rho,
+            summ,
         )
 
     return decode_attention_op
@@ -242,7 +251,7 @@ def decode_attention(
     )
     if torch.compiler.is_compiling():
         return _compiled_op()(*args)
-    return _launch(_kernel(), *args)
+    return _launch(_decode_attention_kernel, *args)
 
 
 if triton_available():

@@ -44,25 +44,29 @@ def _inputs(seed: int, dtype=torch.float32):
 
 
 def _probs64(q, k, allowed, image, alpha=0.0):
-    kr = k.double().repeat_interleave(H // KV, 1)
-    s = (q.double() @ kr.transpose(-1, -2))[:, :, 0] * SCALING  # [b, h, k]
+    """`[b, h, k]` float64 attention of the single query row (scaled by d^-0.5, keys shared by groups)."""
+    kr = k.double().repeat_interleave(q.shape[1] // k.shape[1], 1)
+    s = (q.double() @ kr.transpose(-1, -2))[:, :, 0] * q.shape[-1] ** -0.5
     s = torch.where(image[:, None], s + alpha * s.abs(), s)
     s = s.masked_fill(~allowed[:, 0], float("-inf"))
     return s.softmax(-1)
 
 
+def _attend64(probs, q, v):
+    return torch.einsum("bhk,bhkd->bhd", probs, v.double().repeat_interleave(q.shape[1] // v.shape[1], 1))
+
+
 def _pai_reference(q, k, v, allowed, image, alpha):
-    probs = _probs64(q, k, allowed, image, alpha)
-    return torch.einsum("bhk,bhkd->bhd", probs, v.double().repeat_interleave(H // KV, 1))
+    return _attend64(_probs64(q, k, allowed, image, alpha), q, v)
 
 
 def _var_reference(q, k, v, allowed, image, sinks, p, rho, summ):
     """VAR's rule written out row by row: masses, selection, sinks x p, freed mass to free image keys."""
     probs = _probs64(q, k, allowed, image)
-    sink = torch.zeros(B, K, dtype=torch.bool, device=q.device)
-    sink[:, :PROMPT] = sinks
-    for b in range(B):
-        for h in range(H):
+    sink = torch.zeros_like(image)
+    sink[:, : sinks.shape[1]] = sinks
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
             row = probs[b, h]
             image_mass = row[image[b]].sum()
             visual_sink_mass = row[image[b] & sink[b]].sum()
@@ -74,7 +78,7 @@ def _var_reference(q, k, v, allowed, image, sinks, p, rho, summ):
                 new[sink[b]] *= p
                 new[free] *= 1 + (1 - p) * sink_mass / free_mass
                 probs[b, h] = new
-    return torch.einsum("bhk,bhkd->bhd", probs, v.double().repeat_interleave(H // KV, 1))
+    return _attend64(probs, q, v)
 
 
 @pytest.mark.parametrize("masked", [True, False])
@@ -159,23 +163,9 @@ def test_kernel_at_llava_7b_head_shapes_eager_and_compiled(mode):
     run = lambda q, k, v: decode_attention(q, k, v, allowed, image, spec, sinks, d**-0.5)  # noqa: E731
     eager = run(q, k, v)
     compiled = torch.compile(run, fullgraph=True)(q, k, v)
-    scores = (q.double() @ k.double().transpose(-1, -2))[:, :, 0] * d**-0.5
     if mode == AMPLIFY:
-        scores = torch.where(image[:, None], scores * 1.0 + 0.5 * scores.abs(), scores)
-    probs = scores.masked_fill(~allowed[:, 0], float("-inf")).softmax(-1)
-    if mode == REDISTRIBUTE:
-        sink = torch.zeros_like(image)
-        sink[:, :prompt] = sinks
-        free = image & ~sink
-        for b in range(2):
-            for h in range(heads):
-                row = probs[b, h]
-                sink_mass, free_mass = row[sink[b]].sum(), row[free[b]].sum()
-                if row[image[b] & sink[b]].sum() <= row[image[b]].sum() and free_mass > 0:
-                    new = row.clone()
-                    new[sink[b]] *= 0.6
-                    new[free[b]] *= 1 + 0.4 * sink_mass / free_mass
-                    probs[b, h] = new
-    ref = torch.einsum("bhk,bhkd->bhd", probs, v.double())
+        ref = _pai_reference(q, k, v, allowed, image, 0.5)
+    else:
+        ref = _var_reference(q, k, v, allowed, image, sinks, 0.6, 1.0, 0.0)
     torch.testing.assert_close(eager[:, 0].double(), ref, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(compiled[:, 0].double(), ref, rtol=2e-2, atol=2e-2)
