@@ -74,7 +74,7 @@ DECODE_KERNEL = "off"
 
 
 def _decode_kernel_allowed(query: torch.Tensor, key: torch.Tensor) -> bool:
-    if DECODE_KERNEL == "off" or not dk.supports(query, key) or not dk.triton_available():
+    if DECODE_KERNEL == "off" or not dk.supports(query, key) or not dk.TRITON_AVAILABLE:
         return False
     return DECODE_KERNEL == "on" or query.is_cuda
 

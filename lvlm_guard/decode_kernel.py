@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 
@@ -47,8 +46,7 @@ class DecodeKernel:
     sinks: object = None  # Callable[[GuardState, int], torch.Tensor | None]
 
 
-@cache
-def triton_available() -> bool:
+def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -56,9 +54,12 @@ def triton_available() -> bool:
     return True
 
 
+TRITON_AVAILABLE = _triton_importable()
+
+
 # Module level: Triton resolves a kernel's helpers through its globals. Interpreted on CPU when
 # `TRITON_INTERPRET=1` was set before Triton's import (the tests' conftest.py does).
-if triton_available():
+if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
 
@@ -80,37 +81,65 @@ if triton_available():
         return n, valid, s, image, sink
 
     @triton.jit
+    def _finish(rest, text_sinks, free, visual_sinks, acc_rest, acc_sink, acc_free, p, rho, summ,
+                MODE: tl.constexpr):  # fmt: skip
+        """The output row from its group sums (all relative to one running maximum).
+
+        AMPLIFY keeps every key in `rest`. REDISTRIBUTE: VAR's selection and factors from the
+        group masses, then sinks x `p` and free image keys x `gain` (the row sum is unchanged)."""
+        if MODE == 0:
+            return acc_rest / rest
+        image_mass = visual_sinks + free
+        sink_mass = visual_sinks + text_sinks
+        total = rest + sink_mass + free
+        selected = (visual_sinks <= rho * image_mass) & (image_mass >= summ * total) & (free > 0)
+        sink_factor = tl.where(selected, p, 1.0)
+        gain = tl.where(selected, 1.0 + (1.0 - p) * sink_mass / tl.maximum(free, 1e-30), 1.0)
+        numerator = acc_rest + sink_factor * acc_sink + gain * acc_free
+        return numerator / (rest + sink_factor * sink_mass + gain * free)
+
+    @triton.jit
     def _decode_attention_kernel(
-        Q, K, V, OUT, IMG, ALLOWED, SINKS,
+        Q, K, V, OUT, IMG, ALLOWED, SINKS, PART_MAX, PART_MASS, PART_ACC,
         s_qb, s_qh, s_qd,
         s_kb, s_kh, s_kn, s_kd,
         s_vb, s_vh, s_vn, s_vd,
         s_ob, s_oh, s_od,
         s_ib, s_in, s_ab, s_an, s_sb, s_sn,
-        n_keys, n_sink_keys, group, scaling, alpha, p, rho, summ,
+        n_keys, n_sink_keys, keys_per_split, group, scaling, alpha, p, rho, summ,
         HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-        MODE: tl.constexpr, HAS_ALLOWED: tl.constexpr,
+        MODE: tl.constexpr, HAS_ALLOWED: tl.constexpr, FINAL: tl.constexpr,
     ):  # fmt: skip
+        """One (sequence, head) row over one split of its keys, in a single pass: online softmax,
+        with VAR's three key groups (sinks, free image keys, the rest) kept apart so their
+        factors can be applied once the row's masses are known. FINAL: the only split, write
+        the output; else write the split's partial sums for `_combine_kernel`."""
         pid = tl.program_id(0)
+        split = tl.program_id(1)
         b = pid // HEADS
         h = pid % HEADS
         kv = h // group
+        # scalars as float32: torch.compile passes Python floats as float64
+        scaling = tl.cast(scaling, tl.float32)
+        alpha = tl.cast(alpha, tl.float32)
         d = tl.arange(0, HEAD_DIM)
         q = tl.load(Q + b * s_qb + h * s_qh + d * s_qd).to(tl.float32) * scaling
         k_base = K + b * s_kb + kv * s_kh
         v_base = V + b * s_vb + kv * s_vh
         zero = tl.sum(tl.zeros([BLOCK_N], dtype=tl.float32), axis=0)  # 0-d float32 loop carriers
         m = zero - float("inf")
-        total = zero
-        image_mass = zero
-        visual_sink_mass = zero
-        sink_mass = zero
-        free_mass = zero  # non-sink image keys, summed directly (I - Vs cancels when sinks dominate)
-        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-        # pass 1: AMPLIFY computes the output (online softmax); REDISTRIBUTE the row's group masses
-        for start in range(0, n_keys, BLOCK_N):
+        rest = zero  # masses; AMPLIFY keeps every key in `rest`
+        text_sinks = zero
+        free = zero  # non-sink image keys, summed directly (I - Vs cancels when sinks dominate)
+        visual_sinks = zero
+        acc_rest = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        acc_sink = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        acc_free = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        first = split * keys_per_split
+        last = tl.minimum(first + keys_per_split, n_keys)
+        for start in range(first, last, BLOCK_N):
             n, valid, s, image, sink = _key_block(
-                q, k_base, IMG, ALLOWED, SINKS, b, start, n_keys, n_sink_keys,
+                q, k_base, IMG, ALLOWED, SINKS, b, start, last, n_sink_keys,
                 s_kn, s_kd, s_ib, s_in, s_ab, s_an, s_sb, s_sn, HEAD_DIM, BLOCK_N, HAS_ALLOWED,
             )  # fmt: skip
             if MODE == 0:
@@ -120,64 +149,124 @@ if triton_available():
             m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
             correction = tl.exp(m - m_safe)
             w = tl.exp(s - m_safe)
-            total = total * correction + tl.sum(w, axis=0)
+            v = tl.load(v_base + n[:, None] * s_vn + d[None, :] * s_vd, mask=valid[:, None], other=0.0)
+            v = v.to(tl.float32)
             if MODE == 0:
-                v = tl.load(v_base + n[:, None] * s_vn + d[None, :] * s_vd, mask=valid[:, None], other=0.0)
-                acc = acc * correction + tl.sum(w[:, None] * v.to(tl.float32), axis=0)
+                rest = rest * correction + tl.sum(w, axis=0)
+                acc_rest = acc_rest * correction + tl.sum(w[:, None] * v, axis=0)
             else:
-                image_mass = image_mass * correction + tl.sum(tl.where(image, w, 0.0), axis=0)
-                visual_sink_mass = visual_sink_mass * correction + tl.sum(tl.where(image & sink, w, 0.0), axis=0)
-                sink_mass = sink_mass * correction + tl.sum(tl.where(sink, w, 0.0), axis=0)
-                free_mass = free_mass * correction + tl.sum(tl.where(image & ~sink, w, 0.0), axis=0)
+                w_sink = tl.where(sink, w, 0.0)
+                w_free = tl.where(image & ~sink, w, 0.0)
+                w_rest = w - w_sink - w_free
+                rest = rest * correction + tl.sum(w_rest, axis=0)
+                text_sinks = text_sinks * correction + tl.sum(tl.where(image, 0.0, w_sink), axis=0)
+                free = free * correction + tl.sum(w_free, axis=0)
+                visual_sinks = visual_sinks * correction + tl.sum(tl.where(image, w_sink, 0.0), axis=0)
+                acc_rest = acc_rest * correction + tl.sum(w_rest[:, None] * v, axis=0)
+                acc_sink = acc_sink * correction + tl.sum(w_sink[:, None] * v, axis=0)
+                acc_free = acc_free * correction + tl.sum(w_free[:, None] * v, axis=0)
             m = m_new
-        if MODE == 1:
-            # masses relative to the row (the common exp(-m) cancels); selection as in VAR
-            selected = (visual_sink_mass <= rho * image_mass) & (image_mass >= summ * total) & (free_mass > 0)
-            sink_factor = tl.where(selected, p, 1.0)
-            gain = tl.where(selected, 1.0 + (1.0 - p) * sink_mass / tl.maximum(free_mass, 1e-30), 1.0)
-            m_safe = tl.where(m == -float("inf"), 0.0, m)
-            total = zero
-            for start in range(0, n_keys, BLOCK_N):
-                n, valid, s, image, sink = _key_block(
-                    q, k_base, IMG, ALLOWED, SINKS, b, start, n_keys, n_sink_keys,
-                    s_kn, s_kd, s_ib, s_in, s_ab, s_an, s_sb, s_sn, HEAD_DIM, BLOCK_N, HAS_ALLOWED,
-                )  # fmt: skip
-                factor = tl.where(sink, sink_factor, tl.where(image, gain, 1.0))
-                w = tl.where(valid, tl.exp(s - m_safe) * factor, 0.0)
-                v = tl.load(v_base + n[:, None] * s_vn + d[None, :] * s_vd, mask=valid[:, None], other=0.0)
-                total += tl.sum(w, axis=0)
-                acc += tl.sum(w[:, None] * v.to(tl.float32), axis=0)
-        out = acc / total
+        if FINAL:
+            out = _finish(rest, text_sinks, free, visual_sinks, acc_rest, acc_sink, acc_free,
+                          tl.cast(p, tl.float32), tl.cast(rho, tl.float32), tl.cast(summ, tl.float32), MODE)  # fmt: skip
+            tl.store(OUT + b * s_ob + h * s_oh + d * s_od, out.to(OUT.dtype.element_ty))
+        else:
+            row = pid * tl.num_programs(1) + split
+            tl.store(PART_MAX + row, m)
+            tl.store(PART_MASS + row * 4 + 0, rest)
+            tl.store(PART_MASS + row * 4 + 1, text_sinks)
+            tl.store(PART_MASS + row * 4 + 2, free)
+            tl.store(PART_MASS + row * 4 + 3, visual_sinks)
+            tl.store(PART_ACC + (row * 3 + 0) * HEAD_DIM + d, acc_rest)
+            tl.store(PART_ACC + (row * 3 + 1) * HEAD_DIM + d, acc_sink)
+            tl.store(PART_ACC + (row * 3 + 2) * HEAD_DIM + d, acc_free)
+
+    @triton.jit
+    def _combine_kernel(
+        OUT, PART_MAX, PART_MASS, PART_ACC, s_ob, s_oh, s_od, n_splits, p, rho, summ,
+        HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, MODE: tl.constexpr,
+    ):  # fmt: skip
+        """Merge one row's split partial sums onto their common maximum and write the output."""
+        pid = tl.program_id(0)
+        b = pid // HEADS
+        h = pid % HEADS
+        d = tl.arange(0, HEAD_DIM)
+        splits = tl.arange(0, SPLITS)
+        inside = splits < n_splits
+        rows = pid * n_splits + splits
+        m = tl.load(PART_MAX + rows, mask=inside, other=-float("inf"))
+        top = tl.max(m, axis=0)
+        scale = tl.where(m == -float("inf"), 0.0, tl.exp(m - tl.where(top == -float("inf"), 0.0, top)))
+        rest = tl.sum(scale * tl.load(PART_MASS + rows * 4 + 0, mask=inside, other=0.0), axis=0)
+        text_sinks = tl.sum(scale * tl.load(PART_MASS + rows * 4 + 1, mask=inside, other=0.0), axis=0)
+        free = tl.sum(scale * tl.load(PART_MASS + rows * 4 + 2, mask=inside, other=0.0), axis=0)
+        visual_sinks = tl.sum(scale * tl.load(PART_MASS + rows * 4 + 3, mask=inside, other=0.0), axis=0)
+        acc = PART_ACC + (rows[:, None] * 3) * HEAD_DIM + d[None, :]
+        acc_rest = tl.sum(scale[:, None] * tl.load(acc, mask=inside[:, None], other=0.0), axis=0)
+        acc_sink = tl.sum(scale[:, None] * tl.load(acc + HEAD_DIM, mask=inside[:, None], other=0.0), axis=0)
+        acc_free = tl.sum(scale[:, None] * tl.load(acc + 2 * HEAD_DIM, mask=inside[:, None], other=0.0), axis=0)
+        out = _finish(rest, text_sinks, free, visual_sinks, acc_rest, acc_sink, acc_free,
+                      tl.cast(p, tl.float32), tl.cast(rho, tl.float32), tl.cast(summ, tl.float32), MODE)  # fmt: skip
         tl.store(OUT + b * s_ob + h * s_oh + d * s_od, out.to(OUT.dtype.element_ty))
 
 
-def _launch(kernel, query, key, value, allowed, image_keys, sinks, scaling, mode, alpha, p, rho, summ):
-    """Run `kernel` (the jitted one, or its `wrap_triton` form under compile); returns `[b, 1, h, d]`."""
+#: split a row's keys over several programs until about this many run (H100/H200: 132 SMs)
+TARGET_PROGRAMS = 512
+
+
+def key_splits(rows: int, n_keys: int) -> tuple[int, int]:
+    """`(splits, keys_per_split)`: enough programs to fill the GPU, whole key blocks per split.
+
+    At batch 1 a 7B model has 32 rows (sequence x head) per layer: one program per row streams
+    ~700 keys through a few SMs; split, the reads spread over the whole GPU."""
+    blocks = -(-n_keys // BLOCK_KEYS)
+    splits = max(1, min(TARGET_PROGRAMS // rows, blocks))
+    keys_per_split = -(-blocks // splits) * BLOCK_KEYS
+    return -(-n_keys // keys_per_split), keys_per_split
+
+
+def _launch(kernels, query, key, value, allowed, image_keys, sinks, scaling, mode, alpha, p, rho, summ, splits):
+    """Run the kernels (the jitted ones, or their `wrap_triton` forms under compile) over
+    `splits` key splits (0: `key_splits`' choice); returns `[b, 1, h, d]`."""
+    main_kernel, combine_kernel = kernels
     b, heads, _, head_dim = query.shape
+    rows = b * heads
     out = torch.empty(b, 1, heads, head_dim, dtype=query.dtype, device=query.device)
     n_keys = key.shape[2]
-    has_allowed = allowed.numel() > 0
-    allowed_arg = allowed if has_allowed else image_keys
-    sinks_arg = sinks if sinks.numel() > 0 else image_keys
-    kernel[(b * heads,)](
-        query, key, value, out, image_keys, allowed_arg, sinks_arg,
+    splits, keys_per_split = key_splits(rows, n_keys) if splits == 0 else (splits, -(-n_keys // splits))
+    final = splits == 1
+    if final:  # no partial sums: `out` stands in for the never-touched buffers
+        part_max = part_mass = part_acc = out
+    else:
+        part_max = torch.empty(rows * splits, dtype=torch.float32, device=query.device)
+        part_mass = torch.empty(rows * splits * 4, dtype=torch.float32, device=query.device)
+        part_acc = torch.empty(rows * splits * 3 * head_dim, dtype=torch.float32, device=query.device)
+    has_allowed = allowed is not None
+    allowed_arg = allowed if has_allowed else image_keys  # stand-ins for absent masks: never read
+    sinks_arg = sinks if sinks is not None else image_keys
+    main_kernel[(rows, splits)](
+        query, key, value, out, image_keys, allowed_arg, sinks_arg, part_max, part_mass, part_acc,
         query.stride(0), query.stride(1), query.stride(3),
         key.stride(0), key.stride(1), key.stride(2), key.stride(3),
         value.stride(0), value.stride(1), value.stride(2), value.stride(3),
         out.stride(0), out.stride(2), out.stride(3),
         image_keys.stride(0), image_keys.stride(1),
-        allowed_arg.stride(0) if allowed.shape[0] > 1 else 0, allowed_arg.stride(-1),
+        allowed_arg.stride(0) if allowed_arg.shape[0] > 1 else 0, allowed_arg.stride(-1),
         sinks_arg.stride(0), sinks_arg.stride(1),
-        n_keys, sinks.shape[1] if sinks.numel() > 0 else 0, heads // key.shape[1],
+        n_keys, sinks.shape[1] if sinks is not None else 0, keys_per_split, heads // key.shape[1],
         scaling, alpha, p, rho, summ,
-        HEADS=heads, HEAD_DIM=head_dim, BLOCK_N=BLOCK_KEYS, MODE=mode, HAS_ALLOWED=has_allowed,
+        HEADS=heads, HEAD_DIM=head_dim, BLOCK_N=BLOCK_KEYS, MODE=mode, HAS_ALLOWED=has_allowed, FINAL=final,
     )  # fmt: skip
+    if not final:
+        combine_kernel[(rows,)](
+            out, part_max, part_mass, part_acc, out.stride(0), out.stride(2), out.stride(3), splits, p, rho, summ,
+            HEADS=heads, HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits), MODE=mode,
+        )  # fmt: skip
     return out
 
 
-@cache
-def _compiled_op():
-    """The kernel as a custom op that `torch.compile` can trace into a CUDA graph."""
+def _register_op():
+    """The kernels as a custom op that `torch.compile` can trace into a CUDA graph."""
     from torch.library import triton_op, wrap_triton
 
     @triton_op("lvlm_guard::decode_attention", mutates_args={})
@@ -185,31 +274,19 @@ def _compiled_op():
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        allowed: torch.Tensor,
+        allowed: torch.Tensor | None,
         image_keys: torch.Tensor,
-        sinks: torch.Tensor,
+        sinks: torch.Tensor | None,
         scaling: float,
         mode: int,
         alpha: float,
         p: float,
         rho: float,
         summ: float,
+        splits: int,
     ) -> torch.Tensor:
-        return _launch(
-            wrap_triton(_decode_attention_kernel),
-            query,
-            key,
-            value,
-            allowed,
-            image_keys,
-            sinks,
-            scaling,
-            mode,
-            alpha,
-            p,
-            rho,
-            summ,
-        )
+        kernels = (wrap_triton(_decode_attention_kernel), wrap_triton(_combine_kernel))
+        return _launch(kernels, query, key, value, allowed, image_keys, sinks, scaling, mode, alpha, p, rho, summ, splits)
 
     return decode_attention_op
 
@@ -229,33 +306,38 @@ def decode_attention(
     spec: DecodeKernel,
     sinks: torch.Tensor | None,
     scaling: float,
+    splits: int | None = None,
 ) -> torch.Tensor:
     """Edited attention of one decoding step: q `[b, h, 1, d]`, k/v `[b, kv_h, k, d]`, allowed
     `[b|1, 1, 1, k]` bool or None, image_keys `[b, k]` bool, sinks `[b, prompt_len]` bool or None.
-    Returns `[b, 1, h, d]` (transformers' attention-output layout)."""
-    empty = image_keys.new_zeros((0, 0))
-    allowed_2d = allowed[:, 0, 0] if allowed is not None else empty
+    Returns `[b, 1, h, d]` (transformers' attention-output layout).
+
+    `splits` of each row's keys: None = one launch in eager code (eager decoding is bound by the
+    host, a second launch costs more than it saves) and `key_splits`' choice under compile
+    (a CUDA graph launches for free, the GPU's time is what counts); 0 = `key_splits`' choice."""
+    compiling = torch.compiler.is_compiling()
     args = (
         query,
         key,
         value,
-        allowed_2d,
+        allowed[:, 0, 0] if allowed is not None else None,
         image_keys,
-        sinks if sinks is not None else empty,
+        sinks,
         float(scaling),
         spec.mode,
         float(spec.alpha),
         float(spec.p),
         float(spec.rho),
         float(spec.summ),
+        (0 if compiling else 1) if splits is None else splits,
     )
-    if torch.compiler.is_compiling():
-        return _compiled_op()(*args)
-    return _launch(_decode_attention_kernel, *args)
+    if compiling:
+        return torch.ops.lvlm_guard.decode_attention(*args)
+    return _launch((_decode_attention_kernel, _combine_kernel), *args)
 
 
-if triton_available():
+if TRITON_AVAILABLE:
     try:  # registered at import: registering a custom op while dynamo traces is not allowed
-        _compiled_op()
+        _register_op()
     except Exception as error:  # an older torch/Triton pair: keep the library importable
         warnings.warn(f"lvlm_guard: the decode kernel's custom op is unavailable ({error!r})", stacklevel=1)

@@ -81,27 +81,55 @@ def _var_reference(q, k, v, allowed, image, sinks, p, rho, summ):
     return _attend64(probs, q, v)
 
 
+SPLITS = [1, 0, 4]  # one launch; `key_splits`' choice (3 here); splits that cut through key blocks
+
+
+@pytest.mark.parametrize("splits", SPLITS)
 @pytest.mark.parametrize("masked", [True, False])
-def test_amplify_equals_float64_pai(masked):
+def test_amplify_equals_float64_pai(masked, splits):
     q, k, v, allowed, image, _ = _inputs(0)
     if not masked:
         allowed = torch.ones_like(allowed)
     spec = DecodeKernel(AMPLIFY, alpha=0.7)
-    out = decode_attention(q, k, v, allowed if masked else None, image, spec, None, SCALING)
+    out = decode_attention(q, k, v, allowed if masked else None, image, spec, None, SCALING, splits)
     assert out.shape == (B, 1, H, D)
     torch.testing.assert_close(out[:, 0].double(), _pai_reference(q, k, v, allowed, image, 0.7), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("splits", SPLITS)
 @pytest.mark.parametrize(("rho", "summ"), [(1.0, 0.0), (0.5, 0.2), (0.02, 0.0)])
-def test_redistribute_equals_float64_var(rho, summ):
+def test_redistribute_equals_float64_var(rho, summ, splits):
     q, k, v, allowed, image, sinks = _inputs(1)
     spec = DecodeKernel(REDISTRIBUTE, p=0.3, rho=rho, summ=summ)
-    out = decode_attention(q, k, v, allowed, image, spec, sinks, SCALING)
+    out = decode_attention(q, k, v, allowed, image, spec, sinks, SCALING, splits)
     expected = _var_reference(q, k, v, allowed, image, sinks, 0.3, rho, summ)
     plain = _pai_reference(q, k, v, allowed, image, 0.0)
     torch.testing.assert_close(out[:, 0].double(), expected, rtol=1e-5, atol=1e-5)
     if rho == 1.0:
         assert not torch.allclose(expected, plain)  # the case really redistributes
+
+
+@pytest.mark.parametrize("mode", [AMPLIFY, REDISTRIBUTE])
+def test_a_split_with_every_key_masked_drops_out(mode):
+    """A static cache's unwritten tail: whole splits without one allowed key merge as nothing."""
+    q, k, v, allowed, image, sinks = _inputs(3)
+    allowed[..., 112:] = False  # splits of 38 keys: the last one entirely masked
+    spec = DecodeKernel(mode, alpha=0.4, p=0.5, rho=1.0, summ=0.0)
+    out = decode_attention(q, k, v, allowed, image, spec, sinks, SCALING, 4)
+    if mode == AMPLIFY:
+        expected = _pai_reference(q, k, v, allowed, image, 0.4)
+    else:
+        expected = _var_reference(q, k, v, allowed, image, sinks, 0.5, 1.0, 0.0)
+    assert out.isfinite().all()
+    torch.testing.assert_close(out[:, 0].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("rows", "n_keys"), [(32, 685), (256, 685), (8, 150), (1024, 64), (1, 5000), (3, 1)])
+def test_key_splits_cover_the_keys_in_whole_blocks(rows, n_keys):
+    splits, per_split = decode_kernel.key_splits(rows, n_keys)
+    assert per_split % decode_kernel.BLOCK_KEYS == 0
+    assert (splits - 1) * per_split < n_keys <= splits * per_split  # no empty split, no key left out
+    assert rows * splits <= max(decode_kernel.TARGET_PROGRAMS, rows)
 
 
 def test_bf16_inputs_stay_close_to_the_reference():
@@ -160,12 +188,14 @@ def test_kernel_at_llava_7b_head_shapes_eager_and_compiled(mode):
     sinks = torch.zeros(2, prompt, dtype=torch.bool, device="cuda")
     sinks[:, [0, 30, 100, 101, 300]] = True
     spec = DecodeKernel(mode, alpha=0.5, p=0.6, rho=1.0, summ=0.0)
-    run = lambda q, k, v: decode_attention(q, k, v, allowed, image, spec, sinks, d**-0.5)  # noqa: E731
-    eager = run(q, k, v)
-    compiled = torch.compile(run, fullgraph=True)(q, k, v)
+    run = lambda q, k, v, splits=None: decode_attention(q, k, v, allowed, image, spec, sinks, d**-0.5, splits)  # noqa: E731
+    eager = run(q, k, v)  # one launch
+    eager_split = run(q, k, v, 0)
+    compiled = torch.compile(run, fullgraph=True)(q, k, v)  # split keys, then the combining kernel
     if mode == AMPLIFY:
         ref = _pai_reference(q, k, v, allowed, image, 0.5)
     else:
         ref = _var_reference(q, k, v, allowed, image, sinks, 0.6, 1.0, 0.0)
     torch.testing.assert_close(eager[:, 0].double(), ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(eager_split[:, 0].double(), ref, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(compiled[:, 0].double(), ref, rtol=2e-2, atol=2e-2)
