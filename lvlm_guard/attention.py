@@ -68,9 +68,10 @@ FUSED_MIN_ROWS = 128
 
 #: the fused Triton decoding kernel (`lvlm_guard.decode_kernel`): "auto" = on CUDA where Triton is
 #: installed; "on" = wherever it can run (the tests: CPU through Triton's interpreter); "off" = never.
-#: Off by default until it is measured on a GPU: so far it is checked against float64 references
-#: and the bias path through Triton's interpreter only.
-DECODE_KERNEL = "off"
+#: On the H200 it beats the bias path and FlexAttention everywhere measured: eager decoding PAI
+#: 0.87 -> 0.95x plain at batch 1, VAR 0.58 -> 1.00x; compiled 8.6 us (PAI) / 12.9 us (VAR) per
+#: layer against SDPA's 10.0 at batch 1 (evals/results/decode_kernel/).
+DECODE_KERNEL = "auto"
 
 
 def _decode_kernel_allowed(query: torch.Tensor, key: torch.Tensor) -> bool:

@@ -286,7 +286,9 @@ def _register_op():
         splits: int,
     ) -> torch.Tensor:
         kernels = (wrap_triton(_decode_attention_kernel), wrap_triton(_combine_kernel))
-        return _launch(kernels, query, key, value, allowed, image_keys, sinks, scaling, mode, alpha, p, rho, summ, splits)
+        return _launch(
+            kernels, query, key, value, allowed, image_keys, sinks, scaling, mode, alpha, p, rho, summ, splits
+        )
 
     return decode_attention_op
 

@@ -126,8 +126,8 @@ DEFAULT_MODES = list(SPECIAL_MODES)
 
 
 def interventions_of(mode: str) -> list | None:
-    """The interventions a mode attaches (None: no guard at all); `@unfused`/`@kernel`: `fused_setting`."""
-    mode = mode.removesuffix("@unfused").removesuffix("@kernel")
+    """The interventions a mode attaches (None: no guard at all); `@unfused`/`@kernel`/`@nokernel`: `fused_setting`."""
+    mode = mode.removesuffix("@unfused").removesuffix("@kernel").removesuffix("@nokernel")
     if mode in SPECIAL_MODES:
         return SPECIAL_MODES[mode]
     return lg.parse_guard_spec(mode)
@@ -136,12 +136,15 @@ def interventions_of(mode: str) -> list | None:
 @contextmanager
 def fused_setting(mode: str):
     """`<mode>@unfused`: the same guard with its edits as an SDPA bias (no FlexAttention);
-    `<mode>@kernel`: with the fused Triton decoding kernel (`attention.DECODE_KERNEL = "auto"`)."""
+    `<mode>@kernel` / `<mode>@nokernel`: with / without the fused Triton decoding kernel
+    (`attention.DECODE_KERNEL` "auto" / "off")."""
     previous = attention.FUSED_SCORE_MODS, attention.DECODE_KERNEL
     if mode.endswith("@unfused"):
         attention.FUSED_SCORE_MODS = "off"
     elif mode.endswith("@kernel"):
         attention.DECODE_KERNEL = "auto"
+    elif mode.endswith("@nokernel"):
+        attention.DECODE_KERNEL = "off"
     try:
         yield
     finally:
@@ -218,12 +221,16 @@ def bench_generation(model, args, results: dict, save) -> None:
                     continue
                 print(f"[warm] {cache} b{batch} {mode}: {time.perf_counter() - start:.1f}s", flush=True)
             reps: dict[str, list[float]] = {m: [] for m in modes}
+            decode_reps: dict[str, list[float]] = {m: [] for m in modes}
             peaks: dict[str, int] = {}
             for _ in range(args.reps):
                 for mode in modes:
                     seconds, peak, _ = run_generate(model, inputs, mode, args.new_tokens, cache)
                     reps[mode].append(batch * args.new_tokens / seconds)
                     peaks[mode] = peak
+                    # prefill and the first token alone: the rest is the decoding steps' rate
+                    first, _, _ = run_generate(model, inputs, mode, 1, cache)
+                    decode_reps[mode].append(batch * (args.new_tokens - 1) / max(seconds - first, 1e-9))
             for mode in modes:
                 median = statistics.median(reps[mode])
                 entry = {
@@ -241,11 +248,19 @@ def bench_generation(model, args, results: dict, save) -> None:
                     )
                     if "plain" in reps
                     else None,
+                    # decoding steps only (generate's time minus a prefill-and-first-token generate)
+                    "decode_tokens_per_s_median": statistics.median(decode_reps[mode]),
+                    "decode_ratio_to_plain_paired_median": statistics.median(
+                        [x / p for x, p in zip(decode_reps[mode], decode_reps["plain"])]
+                    )
+                    if "plain" in decode_reps
+                    else None,
                 }
                 results["generation"].append(entry)
                 print(
                     f"{cache:7s} b{batch} {mode:9s} {median:8.1f} tok/s  x{entry['ratio_to_plain'] or 0:.3f}"
                     f" (paired x{entry['ratio_to_plain_paired_median'] or 0:.3f})"
+                    f"  decode only x{entry['decode_ratio_to_plain_paired_median'] or 0:.3f}"
                     f"  peak {entry['peak_memory_gib']:.1f} GiB",
                     flush=True,
                 )
