@@ -212,6 +212,9 @@ if TRITON_AVAILABLE:
 
 #: split a row's keys over several programs until about this many run (H100/H200: 132 SMs)
 TARGET_PROGRAMS = 512
+#: Triton launch options of the main kernel (e.g. `num_warps`); empty: Triton's defaults.
+#: `scripts/sweep_decode_kernel.py` times the alternatives.
+LAUNCH_OPTIONS: dict = {}
 
 
 def key_splits(rows: int, n_keys: int) -> tuple[int, int]:
@@ -256,6 +259,7 @@ def _launch(kernels, query, key, value, allowed, image_keys, sinks, scaling, mod
         n_keys, sinks.shape[1] if sinks is not None else 0, keys_per_split, heads // key.shape[1],
         scaling, alpha, p, rho, summ,
         HEADS=heads, HEAD_DIM=head_dim, BLOCK_N=BLOCK_KEYS, MODE=mode, HAS_ALLOWED=has_allowed, FINAL=final,
+        **LAUNCH_OPTIONS,
     )  # fmt: skip
     if not final:
         combine_kernel[(rows,)](
