@@ -1,21 +1,24 @@
-"""One fused Triton kernel for a guarded decoding step's attention (PAI's amplification, VAR's
+"""A fused Triton kernel for a guarded decoding step's attention (PAI's amplification, VAR's
 redistribution).
 
 Why: eager decoding of a 7B model is bound by kernel launches (~39 tok/s against ~130 compiled),
 and the bias path costs PAI ~7 and VAR ~34 extra launches per edited layer
-(evals/results/var_vhr/README.md). Here the whole edited attention of one decoding step is one
-launch: one program per (sequence, head) streams the keys once (PAI: online softmax of
-`s + alpha * |s|` on image keys) or twice (VAR: first the row's group masses, then the output with
-each key's redistribution factor), reading q, K, V, and the image/sink/allowed masks directly.
+(evals/results/var_vhr/README.md). Here the edited attention of one decoding step is one launch
+(eager) or two (compiled: key splits, then a combining kernel). Each program streams one
+(sequence, head) row's keys once, reading q, K, V and the image/sink/allowed masks directly:
+PAI's online softmax of `s + alpha * |s|` on image keys, or VAR's online softmax with three key
+groups kept apart (sinks, non-sink image keys, the rest).
 
-Exactness: VAR's new weights are the old ones times a per-group factor that keeps the row sum
-(`lvlm_guard.methods.var`), so the second pass accumulates `exp(s - m) * factor * v` and
-normalises by the accumulated weight: the same function as the bias path, in one pass over V.
-Tests compare both modes with float64 references (on CPU through Triton's interpreter,
-`TRITON_INTERPRET=1`).
+Exactness: VAR's new weights are the old ones times one factor per group, chosen from the row's
+group masses so that the row sum is kept (`lvlm_guard.methods.var`). With the groups' masses and
+weighted value sums known, the output is `sum_g factor_g * acc_g / sum_g factor_g * mass_g`: the
+same function as the bias path, in one pass over K and V. Partial sums of key splits merge
+exactly (rescaled to a common maximum) before the factors are applied. Tests compare both modes
+with float64 references (on CPU through Triton's interpreter, `TRITON_INTERPRET=1`).
 
 Under `torch.compile` the launch goes through a `torch.library.triton_op`, so the compiled
-static-cache decode captures it in its CUDA graph.
+static-cache decode captures it in its CUDA graph. Measured on the H200:
+evals/results/decode_kernel/README.md.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 AMPLIFY = 0  # PAI: s -> s + alpha * |s| on image keys
 REDISTRIBUTE = 1  # VAR: sinks x p, freed mass to non-sink image keys, in selected rows
-BLOCK_KEYS = 64
+BLOCK_KEYS = 128  # scripts/sweep_decode_kernel.py on the H200: 128 beat 32 and 64 at batch 1 and 8
 
 
 @dataclass(frozen=True)
@@ -210,8 +213,10 @@ if TRITON_AVAILABLE:
         tl.store(OUT + b * s_ob + h * s_oh + d * s_od, out.to(OUT.dtype.element_ty))
 
 
-#: split a row's keys over several programs until about this many run (H100/H200: 132 SMs)
-TARGET_PROGRAMS = 512
+#: split a row's keys over several programs until about this many run. H200 sweep
+#: (evals/results/decode_kernel/sweep_h200.json, 685 keys): batch 1 (32 rows) 16.7 us unsplit,
+#: 7.4 us in 6 splits; batch 8 (256 rows) 31.1 us unsplit, 37.5 in 2 splits: split below 256 rows
+TARGET_PROGRAMS = 256
 #: Triton launch options of the main kernel (e.g. `num_warps`); empty: Triton's defaults.
 #: `scripts/sweep_decode_kernel.py` times the alternatives.
 LAUNCH_OPTIONS: dict = {}

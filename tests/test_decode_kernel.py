@@ -81,7 +81,7 @@ def _var_reference(q, k, v, allowed, image, sinks, p, rho, summ):
     return _attend64(probs, q, v)
 
 
-SPLITS = [1, 0, 4]  # one launch; `key_splits`' choice (3 here); splits that cut through key blocks
+SPLITS = [1, 0, 4]  # one launch; `key_splits`' choice; splits that cut through key blocks
 
 
 @pytest.mark.parametrize("splits", SPLITS)
