@@ -160,11 +160,9 @@ class LayerAttention:
 
     def _first_row_after_images(self, q_len: int) -> int:
         """Rows before this one precede some sequence's last image token (one host sync, at prefill)."""
-        keys = self.state.image_keys
-        if keys is None or torch.compiler.is_compiling():
+        if self.state.image_keys is None or torch.compiler.is_compiling():
             return 0
-        idx = torch.arange(keys.shape[1], device=keys.device)
-        first_after = int(torch.where(keys, idx, -1).amax(-1).min()) + 1  # over the batch
+        first_after = self.state.first_slot_after_all_images()
         return min(max(first_after - self.state.query_offset, 0), q_len - 1)
 
     def _index(self, values, device) -> torch.Tensor:
@@ -188,9 +186,9 @@ class LayerAttention:
         if edit.rows == "all" or ctx.decoding:
             return None
         if edit.rows == "after_image":
-            idx = torch.arange(ctx.image_keys.shape[1], device=ctx.image_keys.device)
-            last_image = torch.where(ctx.image_keys, idx, -1).amax(-1)  # [b]
-            return ctx.row_positions() > last_image[:, None]
+            if self.state.image_keys is None:
+                return None  # no image: every row comes after it
+            return ctx.row_positions() > self.state.last_image_slots()[:, None]
         first = self.state.prompt_len - (1 if edit.rows == "generating" else 0) - self.state.query_offset
         if ctx.row_start >= first:
             return None

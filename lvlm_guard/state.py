@@ -28,10 +28,31 @@ class GuardState:
     taps: Taps | None = None
     scratch: dict[str, Any] = field(default_factory=dict)  # per-method data (e.g. sink tokens)
     _weights: dict = field(default_factory=dict, repr=False)  # image_key_weights cache, one key length
+    _image_ends: tuple | None = field(default=None, repr=False)  # (last image slots [b], first slot after all)
 
     def set_image_keys(self, image_keys: torch.Tensor) -> None:
         self.image_keys = image_keys
         self._weights.clear()
+        self._image_ends = None
+
+    def _ends(self) -> tuple[torch.Tensor, int]:
+        """Computed once per prompt: every edited layer of a prefill asks, and the host sync in
+        the second item, paid per layer, stalled eager prefill (launches stop overlapping)."""
+        if self._image_ends is None:
+            keys = self.image_keys
+            idx = torch.arange(keys.shape[1], device=keys.device)
+            last = torch.where(keys, idx, -1).amax(-1)
+            self._image_ends = (last, int(last.min()) + 1)
+        return self._image_ends
+
+    def last_image_slots(self) -> torch.Tensor:
+        """`[b]` cache slot of each sequence's last image token (-1: no image). Growing the
+        cache with text slots (`image_keys_for`) leaves it unchanged."""
+        return self._ends()[0]
+
+    def first_slot_after_all_images(self) -> int:
+        """The first cache slot after every sequence's last image token (one host sync per prompt)."""
+        return self._ends()[1]
 
     @property
     def prompt_len(self) -> int:

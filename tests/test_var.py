@@ -171,3 +171,29 @@ def test_var_rejects_bad_settings():
         lg.VAR(start_layer=1, end_layer=99).plan(ModelSpec(4, H, KV, D, H * D))
     with pytest.raises(lg.InterventionConfigError, match="sink_dims"):
         lg.VAR(sink_dims=(5000,)).plan(ModelSpec(4, H, KV, D, H * D))
+
+
+def test_image_ends_are_right_under_left_padding_and_computed_once_per_prompt(monkeypatch):
+    """Every edited layer of a prefill asks where the images end; the answer (and its host sync)
+    is computed once per prompt, and it matches the image mask slot by slot."""
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, [_sinky_var(model)])
+    inputs = guard.prepare(IMAGES, PROMPTS)  # mixed prompt lengths: left padding
+    computed = []
+    ends = GuardState._ends
+
+    def counted(state):
+        if state._image_ends is None:
+            computed.append(1)
+        return ends(state)
+
+    monkeypatch.setattr(GuardState, "_ends", counted)
+    with torch.no_grad():
+        model(**inputs)
+    keys = guard.state.image_keys
+    last, first_after = guard.state.last_image_slots(), guard.state.first_slot_after_all_images()
+    guard.detach()
+    assert len(computed) == 1
+    expected = torch.stack([keys[row].nonzero().max() for row in range(keys.shape[0])])
+    assert torch.equal(last, expected)
+    assert first_after == int(expected.min()) + 1
