@@ -54,10 +54,9 @@ def stock_attention_function(module: torch.nn.Module) -> Callable:
 
 def guarded_attention_forward(module, query, key, value, attention_mask, **kwargs):
     layer_attention: LayerAttention | None = getattr(module, LAYER_ATTR, None)
-    stock = stock_attention_function(module)
     if layer_attention is None:
-        return stock(module, query, key, value, attention_mask, **kwargs)
-    return layer_attention(module, query, key, value, attention_mask, stock, **kwargs)
+        return stock_attention_function(module)(module, query, key, value, attention_mask, **kwargs)
+    return layer_attention(module, query, key, value, attention_mask, layer_attention.stock_for(module), **kwargs)
 
 
 #: "auto" fuses from this many (sequence, head) rows per step on: below it the fused kernel is
@@ -110,6 +109,14 @@ class LayerAttention:
         #: the layer's one all-head edit has a kernel form: a decoding step can run as one Triton launch
         self.kernel = edits[0].decode_kernel if len(edits) == 1 and edits[0].heads is None else None
         self._index_cache: dict = {}
+        self._stock: Callable | None = None
+
+    def stock_for(self, module) -> Callable:
+        """The stock function, looked up once: transformers' config attribute access costs ~10 us
+        of host time per call, and eager decoding is bound by host time."""
+        if self._stock is None:
+            self._stock = stock_attention_function(module)
+        return self._stock
 
     def __call__(self, module, query, key, value, attention_mask, stock: Callable, **kwargs):
         state = self.state

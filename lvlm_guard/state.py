@@ -72,6 +72,8 @@ class GuardState:
             pad = torch.zeros(keys.shape[0], k_len - keys.shape[1], dtype=torch.bool, device=keys.device)
             keys = torch.cat([keys, pad], dim=1)
             self.image_keys = keys
+        if keys.shape[1] == k_len:
+            return keys  # the usual case while decoding: no slicing op per layer
         return keys[:, :k_len]
 
     def image_key_weights(self, image_keys: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
