@@ -9,7 +9,7 @@ from tiny_models import assert_cached_equals_recomputation, tiny_llava
 
 import lvlm_guard as lg
 from lvlm_guard.edits import HeadOutputs
-from lvlm_guard.methods.vhr import NO_IMAGE, SCALE, VHD, _reinforce, vision_aware_heads
+from lvlm_guard.methods.vhr import NO_IMAGE, SCALE, VHD, _left_packed, _reinforce, vision_aware_heads
 from lvlm_guard.state import GuardState
 
 
@@ -103,3 +103,20 @@ def test_static_cache_generation_matches_dynamic_cache(spec):
     static = guard.generate(IMAGES, PROMPTS, max_new_tokens=5, cache_implementation="static")
     assert static.token_ids == dynamic.token_ids
     guard.detach()
+
+
+def test_left_packing_of_the_image_free_prompt_matches_a_row_by_row_copy():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 100, (5, 12), generator=g)
+    keep = torch.rand(5, 12, generator=g) > 0.4
+    keep[0] = True  # a row that keeps everything
+    keep[1] = False  # and one that keeps nothing
+    packed, mask = _left_packed(ids, keep)
+    width = int(keep.sum(1).max())
+    assert packed.shape == mask.shape == (5, width)
+    for row in range(5):
+        kept = ids[row][keep[row]]
+        n = kept.numel()
+        assert torch.equal(packed[row, width - n :], kept)
+        assert torch.equal(packed[row, : width - n], torch.zeros(width - n, dtype=ids.dtype))
+        assert mask[row].tolist() == [0] * (width - n) + [1] * n

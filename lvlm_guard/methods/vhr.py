@@ -102,14 +102,7 @@ def record_image_free_heads(guard, input_ids, attention_mask, layers) -> dict[in
     return each layer's per-head outputs `[b, h, d]` at the last token."""
     adapter, spec = guard.adapter, guard.adapter.spec
     keep = ~adapter.image_token_mask(input_ids) & _real_tokens(attention_mask, input_ids.shape[1])
-    lengths = keep.sum(1)
-    width = int(lengths.max())
-    ids = torch.zeros(input_ids.shape[0], width, dtype=input_ids.dtype, device=input_ids.device)
-    mask = torch.zeros_like(ids)
-    for row in range(input_ids.shape[0]):  # left padding: every prompt ends in the last column
-        n = int(lengths[row])
-        ids[row, width - n :] = input_ids[row][keep[row]]
-        mask[row, width - n :] = 1
+    ids, mask = _left_packed(input_ids, keep)
     recorded: dict[int, torch.Tensor] = {}
 
     def recorder(layer):
@@ -128,6 +121,18 @@ def record_image_free_heads(guard, input_ids, attention_mask, layers) -> dict[in
         for handle in handles:
             handle.remove()
     return recorded
+
+
+def _left_packed(input_ids: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept tokens of every row moved to the right end (left padding: every prompt ends in the
+    last column), and their mask. One host sync (the width), not one per row."""
+    lengths = keep.sum(1)
+    width = int(lengths.max())
+    column = (width - lengths)[:, None] + keep.cumsum(1) - 1  # target column of each kept token
+    column = torch.where(keep, column, width)  # dropped tokens go to a spare column
+    ids = input_ids.new_zeros(input_ids.shape[0], width + 1).scatter_(1, column, input_ids)
+    mask = input_ids.new_zeros(input_ids.shape[0], width + 1).scatter_(1, column, keep.to(input_ids.dtype))
+    return ids[:, :width], mask[:, :width]
 
 
 def _real_tokens(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | bool:
