@@ -73,7 +73,7 @@ FUSED_MIN_ROWS = 128
 DECODE_KERNEL = "auto"
 
 
-def _decode_kernel_allowed(query: torch.Tensor, key: torch.Tensor) -> bool:
+def _kernel_allowed(query: torch.Tensor, key: torch.Tensor) -> bool:
     if DECODE_KERNEL == "off" or not dk.supports(query, key) or not dk.TRITON_AVAILABLE:
         return False
     return DECODE_KERNEL == "on" or query.is_cuda
@@ -129,10 +129,10 @@ class LayerAttention:
         group = query.shape[1] // key.shape[1]
         image_keys = state.image_keys_for(query.shape[0], key.shape[2], query.device)
         row_start = self._row_start(edits, q_len) if edits else q_len
-        if edits and q_len == 1 and self.kernel is not None and not tap and _decode_kernel_allowed(query, key):
-            allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
-            sinks = self.kernel.sinks(state, self.layer) if self.kernel.sinks is not None else None
-            return dk.decode_attention(query, key, value, allowed, image_keys, self.kernel, sinks, scaling), None
+        if edits and self.kernel is not None and not tap and _kernel_allowed(query, key):
+            return self._kernel_attention(
+                module, query, key, value, attention_mask, stock, image_keys, row_start, kwargs
+            )
         if edits and q_len == 1 and self.fusable and not tap and _fused_allowed(query):
             allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
             mods = [(e.score_mod.fn, e.score_mod.weights(state, image_keys)) for e in edits]
@@ -152,6 +152,27 @@ class LayerAttention:
             heads = self._index(range(query.shape[1]), query.device)
             probs = self._edited_probs(edits, query, key, allowed, image_keys, scaling, group, heads, 0)
             state.taps.record_attention(self.layer, probs)
+        return out, weights
+
+    def _kernel_attention(self, module, query, key, value, attention_mask, stock, image_keys, row_start, kwargs):
+        """The layer's one edit through the fused kernel (`lvlm_guard.decode_kernel`): a decoding
+        step in one launch; at prefill the stock output with the edited rows written over it."""
+        state, q_len = self.state, query.shape[2]
+        scaling = kwargs.get("scaling", module.scaling)
+        sinks = self.kernel.sinks(state, self.layer) if self.kernel.sinks is not None else None
+        allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device, row_start)
+        if q_len == 1:
+            return dk.decode_attention(query, key, value, allowed, image_keys, self.kernel, sinks, scaling), None
+        out, weights = stock(module, query, key, value, attention_mask, **kwargs)
+        rows = query[:, :, row_start:]
+        ctx = AttentionRows(self.layer, rows, key, scaling, image_keys, allowed, row_start, False, state)
+        apply = self._row_mask(self.edits[0], ctx)
+        if apply is not None:
+            apply = apply.expand(query.shape[0], rows.shape[2])
+        new = dk.decode_attention(rows, key, value, allowed, image_keys, self.kernel, sinks, scaling, apply=apply)
+        if torch.is_grad_enabled():
+            out = out.clone()
+        out[:, row_start:] = new
         return out, weights
 
     # --- which rows and heads ----------------------------------------------------------------------

@@ -67,8 +67,8 @@ if TRITON_AVAILABLE:
     import triton.language as tl
 
     @triton.jit
-    def _key_block(q, k_base, IMG, ALLOWED, SINKS, b, start, n_keys, n_sink_keys,
-                  s_kn, s_kd, s_ib, s_in, s_ab, s_an, s_sb, s_sn,
+    def _key_block(q, k_base, img_row, allowed_row, sink_row, start, n_keys, n_sink_keys,
+                  s_kn, s_kd, s_in, s_an, s_sn,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, HAS_ALLOWED: tl.constexpr):  # fmt: skip
         """One block of keys: their scaled scores, validity, image and sink flags, indices."""
         n = start + tl.arange(0, BLOCK_N)
@@ -76,11 +76,11 @@ if TRITON_AVAILABLE:
         inside = n < n_keys
         valid = inside
         if HAS_ALLOWED:
-            valid = valid & (tl.load(ALLOWED + b * s_ab + n * s_an, mask=inside, other=0) != 0)
+            valid = valid & (tl.load(allowed_row + n * s_an, mask=inside, other=0) != 0)
         k = tl.load(k_base + n[:, None] * s_kn + d[None, :] * s_kd, mask=valid[:, None], other=0.0)
         s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
-        image = tl.load(IMG + b * s_ib + n * s_in, mask=inside, other=0) != 0
-        sink = tl.load(SINKS + b * s_sb + n * s_sn, mask=n < n_sink_keys, other=0) != 0
+        image = tl.load(img_row + n * s_in, mask=inside, other=0) != 0
+        sink = tl.load(sink_row + n * s_sn, mask=n < n_sink_keys, other=0) != 0
         return n, valid, s, image, sink
 
     @triton.jit
@@ -103,30 +103,36 @@ if TRITON_AVAILABLE:
 
     @triton.jit
     def _decode_attention_kernel(
-        Q, K, V, OUT, IMG, ALLOWED, SINKS, PART_MAX, PART_MASS, PART_ACC,
-        s_qb, s_qh, s_qd,
+        Q, K, V, OUT, IMG, ALLOWED, SINKS, APPLY, PART_MAX, PART_MASS, PART_ACC,
+        s_qb, s_qh, s_qr, s_qd,
         s_kb, s_kh, s_kn, s_kd,
         s_vb, s_vh, s_vn, s_vd,
-        s_ob, s_oh, s_od,
-        s_ib, s_in, s_ab, s_an, s_sb, s_sn,
-        n_keys, n_sink_keys, keys_per_split, group, scaling, alpha, p, rho, summ,
+        s_ob, s_or, s_oh, s_od,
+        s_ib, s_in, s_ab, s_ar, s_an, s_sb, s_sn, s_pb, s_pr,
+        n_rows, n_keys, n_sink_keys, keys_per_split, group, scaling, alpha, p, rho, summ,
         HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-        MODE: tl.constexpr, HAS_ALLOWED: tl.constexpr, FINAL: tl.constexpr,
+        MODE: tl.constexpr, HAS_ALLOWED: tl.constexpr, HAS_APPLY: tl.constexpr, FINAL: tl.constexpr,
     ):  # fmt: skip
-        """One (sequence, head) row over one split of its keys, in a single pass: online softmax,
-        with VAR's three key groups (sinks, free image keys, the rest) kept apart so their
-        factors can be applied once the row's masses are known. FINAL: the only split, write
-        the output; else write the split's partial sums for `_combine_kernel`."""
+        """One (sequence, head, query row) over one split of its keys, in a single pass: online
+        softmax, with VAR's three key groups (sinks, free image keys, the rest) kept apart so
+        their factors can be applied once the row's masses are known. FINAL: the only split,
+        write the output; else write the split's partial sums for `_combine_kernel`."""
         pid = tl.program_id(0)
         split = tl.program_id(1)
-        b = pid // HEADS
-        h = pid % HEADS
+        r = pid % n_rows
+        h = (pid // n_rows) % HEADS
+        b = pid // (n_rows * HEADS)
         kv = h // group
         # scalars as float32: torch.compile passes Python floats as float64
         scaling = tl.cast(scaling, tl.float32)
         alpha = tl.cast(alpha, tl.float32)
+        if HAS_APPLY:  # a row the edit does not reach: plain attention
+            alpha = tl.where(tl.load(APPLY + b * s_pb + r * s_pr) != 0, alpha, 0.0)
         d = tl.arange(0, HEAD_DIM)
-        q = tl.load(Q + b * s_qb + h * s_qh + d * s_qd).to(tl.float32) * scaling
+        q = tl.load(Q + b * s_qb + h * s_qh + r * s_qr + d * s_qd).to(tl.float32) * scaling
+        img_row = IMG + b * s_ib
+        allowed_row = ALLOWED + b * s_ab + r * s_ar
+        sink_row = SINKS + b * s_sb
         k_base = K + b * s_kb + kv * s_kh
         v_base = V + b * s_vb + kv * s_vh
         zero = tl.sum(tl.zeros([BLOCK_N], dtype=tl.float32), axis=0)  # 0-d float32 loop carriers
@@ -142,8 +148,8 @@ if TRITON_AVAILABLE:
         last = tl.minimum(first + keys_per_split, n_keys)
         for start in range(first, last, BLOCK_N):
             n, valid, s, image, sink = _key_block(
-                q, k_base, IMG, ALLOWED, SINKS, b, start, last, n_sink_keys,
-                s_kn, s_kd, s_ib, s_in, s_ab, s_an, s_sb, s_sn, HEAD_DIM, BLOCK_N, HAS_ALLOWED,
+                q, k_base, img_row, allowed_row, sink_row, start, last, n_sink_keys,
+                s_kn, s_kd, s_in, s_an, s_sn, HEAD_DIM, BLOCK_N, HAS_ALLOWED,
             )  # fmt: skip
             if MODE == 0:
                 s = tl.where(image, s + alpha * tl.abs(s), s)
@@ -170,9 +176,10 @@ if TRITON_AVAILABLE:
                 acc_free = acc_free * correction + tl.sum(w_free[:, None] * v, axis=0)
             m = m_new
         if FINAL:
+            p = _row_p(p, APPLY, b, r, s_pb, s_pr, HAS_APPLY)
             out = _finish(rest, text_sinks, free, visual_sinks, acc_rest, acc_sink, acc_free,
-                          tl.cast(p, tl.float32), tl.cast(rho, tl.float32), tl.cast(summ, tl.float32), MODE)  # fmt: skip
-            tl.store(OUT + b * s_ob + h * s_oh + d * s_od, out.to(OUT.dtype.element_ty))
+                          p, tl.cast(rho, tl.float32), tl.cast(summ, tl.float32), MODE)  # fmt: skip
+            tl.store(OUT + b * s_ob + r * s_or + h * s_oh + d * s_od, out.to(OUT.dtype.element_ty))
         else:
             row = pid * tl.num_programs(1) + split
             tl.store(PART_MAX + row, m)
@@ -185,14 +192,25 @@ if TRITON_AVAILABLE:
             tl.store(PART_ACC + (row * 3 + 2) * HEAD_DIM + d, acc_free)
 
     @triton.jit
+    def _row_p(p, APPLY, b, r, s_pb, s_pr, HAS_APPLY: tl.constexpr):
+        """VAR's sink share `p` for this query row: 1 (no redistribution) where the edit does not reach."""
+        p = tl.cast(p, tl.float32)
+        if HAS_APPLY:
+            p = tl.where(tl.load(APPLY + b * s_pb + r * s_pr) != 0, p, 1.0)
+        return p
+
+    @triton.jit
     def _combine_kernel(
-        OUT, PART_MAX, PART_MASS, PART_ACC, s_ob, s_oh, s_od, n_splits, p, rho, summ,
+        OUT, APPLY, PART_MAX, PART_MASS, PART_ACC, s_ob, s_or, s_oh, s_od, s_pb, s_pr,
+        n_rows, n_splits, p, rho, summ,
         HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, MODE: tl.constexpr,
+        HAS_APPLY: tl.constexpr,
     ):  # fmt: skip
         """Merge one row's split partial sums onto their common maximum and write the output."""
         pid = tl.program_id(0)
-        b = pid // HEADS
-        h = pid % HEADS
+        r = pid % n_rows
+        h = (pid // n_rows) % HEADS
+        b = pid // (n_rows * HEADS)
         d = tl.arange(0, HEAD_DIM)
         splits = tl.arange(0, SPLITS)
         inside = splits < n_splits
@@ -208,9 +226,10 @@ if TRITON_AVAILABLE:
         acc_rest = tl.sum(scale[:, None] * tl.load(acc, mask=inside[:, None], other=0.0), axis=0)
         acc_sink = tl.sum(scale[:, None] * tl.load(acc + HEAD_DIM, mask=inside[:, None], other=0.0), axis=0)
         acc_free = tl.sum(scale[:, None] * tl.load(acc + 2 * HEAD_DIM, mask=inside[:, None], other=0.0), axis=0)
+        p = _row_p(p, APPLY, b, r, s_pb, s_pr, HAS_APPLY)
         out = _finish(rest, text_sinks, free, visual_sinks, acc_rest, acc_sink, acc_free,
-                      tl.cast(p, tl.float32), tl.cast(rho, tl.float32), tl.cast(summ, tl.float32), MODE)  # fmt: skip
-        tl.store(OUT + b * s_ob + h * s_oh + d * s_od, out.to(OUT.dtype.element_ty))
+                      p, tl.cast(rho, tl.float32), tl.cast(summ, tl.float32), MODE)  # fmt: skip
+        tl.store(OUT + b * s_ob + r * s_or + h * s_oh + d * s_od, out.to(OUT.dtype.element_ty))
 
 
 #: split a row's keys over several programs until about this many run. H200 sweep
@@ -233,13 +252,13 @@ def key_splits(rows: int, n_keys: int) -> tuple[int, int]:
     return -(-n_keys // keys_per_split), keys_per_split
 
 
-def _launch(kernels, query, key, value, allowed, image_keys, sinks, scaling, mode, alpha, p, rho, summ, splits):
+def _launch(kernels, query, key, value, allowed, image_keys, sinks, apply, scaling, mode, alpha, p, rho, summ, splits):
     """Run the kernels (the jitted ones, or their `wrap_triton` forms under compile) over
-    `splits` key splits (0: `key_splits`' choice); returns `[b, 1, h, d]`."""
+    `splits` key splits (0: `key_splits`' choice); returns `[b, r, h, d]`."""
     main_kernel, combine_kernel = kernels
-    b, heads, _, head_dim = query.shape
-    rows = b * heads
-    out = torch.empty(b, 1, heads, head_dim, dtype=query.dtype, device=query.device)
+    b, heads, n_rows, head_dim = query.shape
+    rows = b * heads * n_rows
+    out = torch.empty(b, n_rows, heads, head_dim, dtype=query.dtype, device=query.device)
     n_keys = key.shape[2]
     splits, keys_per_split = key_splits(rows, n_keys) if splits == 0 else (splits, -(-n_keys // splits))
     final = splits == 1
@@ -249,27 +268,33 @@ def _launch(kernels, query, key, value, allowed, image_keys, sinks, scaling, mod
         part_max = torch.empty(rows * splits, dtype=torch.float32, device=query.device)
         part_mass = torch.empty(rows * splits * 4, dtype=torch.float32, device=query.device)
         part_acc = torch.empty(rows * splits * 3 * head_dim, dtype=torch.float32, device=query.device)
-    has_allowed = allowed is not None
-    allowed_arg = allowed if has_allowed else image_keys  # stand-ins for absent masks: never read
+    # stand-ins for absent masks (never read): the image mask
+    allowed_arg = allowed if allowed is not None else image_keys
+    allowed_strides = (allowed.stride(0) if allowed.shape[0] > 1 else 0, allowed.stride(1), allowed.stride(2)) if (
+        allowed is not None
+    ) else (0, 0, 0)  # fmt: skip
     sinks_arg = sinks if sinks is not None else image_keys
+    apply_arg = apply if apply is not None else image_keys
     main_kernel[(rows, splits)](
-        query, key, value, out, image_keys, allowed_arg, sinks_arg, part_max, part_mass, part_acc,
-        query.stride(0), query.stride(1), query.stride(3),
+        query, key, value, out, image_keys, allowed_arg, sinks_arg, apply_arg, part_max, part_mass, part_acc,
+        query.stride(0), query.stride(1), query.stride(2), query.stride(3),
         key.stride(0), key.stride(1), key.stride(2), key.stride(3),
         value.stride(0), value.stride(1), value.stride(2), value.stride(3),
-        out.stride(0), out.stride(2), out.stride(3),
-        image_keys.stride(0), image_keys.stride(1),
-        allowed_arg.stride(0) if allowed_arg.shape[0] > 1 else 0, allowed_arg.stride(-1),
-        sinks_arg.stride(0), sinks_arg.stride(1),
-        n_keys, sinks.shape[1] if sinks is not None else 0, keys_per_split, heads // key.shape[1],
+        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+        image_keys.stride(0), image_keys.stride(1), *allowed_strides,
+        sinks_arg.stride(0), sinks_arg.stride(1), apply_arg.stride(0), apply_arg.stride(1),
+        n_rows, n_keys, sinks.shape[1] if sinks is not None else 0, keys_per_split, heads // key.shape[1],
         scaling, alpha, p, rho, summ,
-        HEADS=heads, HEAD_DIM=head_dim, BLOCK_N=BLOCK_KEYS, MODE=mode, HAS_ALLOWED=has_allowed, FINAL=final,
-        **LAUNCH_OPTIONS,
+        HEADS=heads, HEAD_DIM=head_dim, BLOCK_N=BLOCK_KEYS, MODE=mode, HAS_ALLOWED=allowed is not None,
+        HAS_APPLY=apply is not None, FINAL=final, **LAUNCH_OPTIONS,
     )  # fmt: skip
     if not final:
         combine_kernel[(rows,)](
-            out, part_max, part_mass, part_acc, out.stride(0), out.stride(2), out.stride(3), splits, p, rho, summ,
+            out, apply_arg, part_max, part_mass, part_acc,
+            out.stride(0), out.stride(1), out.stride(2), out.stride(3), apply_arg.stride(0), apply_arg.stride(1),
+            n_rows, splits, p, rho, summ,
             HEADS=heads, HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits), MODE=mode,
+            HAS_APPLY=apply is not None,
         )  # fmt: skip
     return out
 
@@ -286,6 +311,7 @@ def _register_op():
         allowed: torch.Tensor | None,
         image_keys: torch.Tensor,
         sinks: torch.Tensor | None,
+        apply: torch.Tensor | None,
         scaling: float,
         mode: int,
         alpha: float,
@@ -296,16 +322,16 @@ def _register_op():
     ) -> torch.Tensor:
         kernels = (wrap_triton(_decode_attention_kernel), wrap_triton(_combine_kernel))
         return _launch(
-            kernels, query, key, value, allowed, image_keys, sinks, scaling, mode, alpha, p, rho, summ, splits
+            kernels, query, key, value, allowed, image_keys, sinks, apply, scaling, mode, alpha, p, rho, summ, splits
         )
 
     return decode_attention_op
 
 
 def supports(query: torch.Tensor, key: torch.Tensor) -> bool:
-    """The kernel's shape limits: one query row, a power-of-two head dim."""
+    """The kernel's shape limits: a power-of-two head dim up to 256, at least one key."""
     head_dim = query.shape[-1]
-    return query.shape[2] == 1 and head_dim & (head_dim - 1) == 0 and head_dim <= 256 and key.shape[2] > 0
+    return head_dim & (head_dim - 1) == 0 and head_dim <= 256 and key.shape[2] > 0
 
 
 def decode_attention(
@@ -318,10 +344,14 @@ def decode_attention(
     sinks: torch.Tensor | None,
     scaling: float,
     splits: int | None = None,
+    apply: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Edited attention of one decoding step: q `[b, h, 1, d]`, k/v `[b, kv_h, k, d]`, allowed
-    `[b|1, 1, 1, k]` bool or None, image_keys `[b, k]` bool, sinks `[b, prompt_len]` bool or None.
-    Returns `[b, 1, h, d]` (transformers' attention-output layout).
+    """Edited attention of a few query rows: one decoding step, or the rows a prefill edits.
+
+    q `[b, h, r, d]`, k/v `[b, kv_h, k, d]`, allowed `[b|1, 1, r, k]` bool or None (every key),
+    image_keys `[b, k]` bool, sinks `[b, prompt_len]` bool or None, apply `[b, r]` bool or None:
+    the rows the edit reaches (the others get plain attention). Returns `[b, r, h, d]`
+    (transformers' attention-output layout).
 
     `splits` of each row's keys: None = one launch in eager code (eager decoding is bound by the
     host, a second launch costs more than it saves) and `key_splits`' choice under compile
@@ -331,9 +361,10 @@ def decode_attention(
         query,
         key,
         value,
-        allowed[:, 0, 0] if allowed is not None else None,
+        allowed[:, 0] if allowed is not None else None,
         image_keys,
         sinks,
+        apply,
         float(scaling),
         spec.mode,
         float(spec.alpha),

@@ -6,6 +6,8 @@ before Triton is imported), so CI checks the same kernel code that runs on the G
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -43,41 +45,45 @@ def _inputs(seed: int, dtype=torch.float32):
             allowed.to(**to), image.to(**to), sinks.to(**to))  # fmt: skip
 
 
-def _probs64(q, k, allowed, image, alpha=0.0):
-    """`[b, h, k]` float64 attention of the single query row (scaled by d^-0.5, keys shared by groups)."""
+def _probs64(q, k, allowed, image, alpha=0.0, apply=None):
+    """`[b, h, r, k]` float64 attention of the query rows (scaled by d^-0.5, keys shared by
+    groups); image keys amplified in the rows `apply` `[b, r]` marks (None: every row)."""
     kr = k.double().repeat_interleave(q.shape[1] // k.shape[1], 1)
-    s = (q.double() @ kr.transpose(-1, -2))[:, :, 0] * q.shape[-1] ** -0.5
-    s = torch.where(image[:, None], s + alpha * s.abs(), s)
-    s = s.masked_fill(~allowed[:, 0], float("-inf"))
+    s = (q.double() @ kr.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    reach = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device) if apply is None else apply
+    s = torch.where(image[:, None, None] & reach[:, None, :, None], s + alpha * s.abs(), s)
+    s = s.masked_fill(~allowed, float("-inf"))
     return s.softmax(-1)
 
 
 def _attend64(probs, q, v):
-    return torch.einsum("bhk,bhkd->bhd", probs, v.double().repeat_interleave(q.shape[1] // v.shape[1], 1))
+    """`[b, h, r, d]`."""
+    return probs @ v.double().repeat_interleave(q.shape[1] // v.shape[1], 1)
 
 
-def _pai_reference(q, k, v, allowed, image, alpha):
-    return _attend64(_probs64(q, k, allowed, image, alpha), q, v)
+def _pai_reference(q, k, v, allowed, image, alpha, apply=None):
+    return _attend64(_probs64(q, k, allowed, image, alpha, apply), q, v)
 
 
-def _var_reference(q, k, v, allowed, image, sinks, p, rho, summ):
+def _var_reference(q, k, v, allowed, image, sinks, p, rho, summ, apply=None):
     """VAR's rule written out row by row: masses, selection, sinks x p, freed mass to free image keys."""
     probs = _probs64(q, k, allowed, image)
     sink = torch.zeros_like(image)
     sink[:, : sinks.shape[1]] = sinks
-    for b in range(q.shape[0]):
-        for h in range(q.shape[1]):
-            row = probs[b, h]
-            image_mass = row[image[b]].sum()
-            visual_sink_mass = row[image[b] & sink[b]].sum()
-            free = image[b] & ~sink[b]
-            free_mass = row[free].sum()
-            if visual_sink_mass <= rho * image_mass and image_mass >= summ and free_mass > 0:
-                sink_mass = row[sink[b]].sum()
-                new = row.clone()
-                new[sink[b]] *= p
-                new[free] *= 1 + (1 - p) * sink_mass / free_mass
-                probs[b, h] = new
+    for b, h, r in itertools.product(range(q.shape[0]), range(q.shape[1]), range(q.shape[2])):
+        if apply is not None and not apply[b, r]:
+            continue
+        row = probs[b, h, r]
+        image_mass = row[image[b]].sum()
+        visual_sink_mass = row[image[b] & sink[b]].sum()
+        free = image[b] & ~sink[b]
+        free_mass = row[free].sum()
+        if visual_sink_mass <= rho * image_mass and image_mass >= summ and free_mass > 0:
+            sink_mass = row[sink[b]].sum()
+            new = row.clone()
+            new[sink[b]] *= p
+            new[free] *= 1 + (1 - p) * sink_mass / free_mass
+            probs[b, h, r] = new
     return _attend64(probs, q, v)
 
 
@@ -93,7 +99,9 @@ def test_amplify_equals_float64_pai(masked, splits):
     spec = DecodeKernel(AMPLIFY, alpha=0.7)
     out = decode_attention(q, k, v, allowed if masked else None, image, spec, None, SCALING, splits)
     assert out.shape == (B, 1, H, D)
-    torch.testing.assert_close(out[:, 0].double(), _pai_reference(q, k, v, allowed, image, 0.7), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out.transpose(1, 2).double(), _pai_reference(q, k, v, allowed, image, 0.7), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("splits", SPLITS)
@@ -104,9 +112,35 @@ def test_redistribute_equals_float64_var(rho, summ, splits):
     out = decode_attention(q, k, v, allowed, image, spec, sinks, SCALING, splits)
     expected = _var_reference(q, k, v, allowed, image, sinks, 0.3, rho, summ)
     plain = _pai_reference(q, k, v, allowed, image, 0.0)
-    torch.testing.assert_close(out[:, 0].double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.transpose(1, 2).double(), expected, rtol=1e-5, atol=1e-5)
     if rho == 1.0:
         assert not torch.allclose(expected, plain)  # the case really redistributes
+
+
+@pytest.mark.parametrize("splits", SPLITS)
+@pytest.mark.parametrize("mode", [AMPLIFY, REDISTRIBUTE])
+def test_several_prompt_rows_with_causal_masks_and_a_per_row_reach(mode, splits):
+    """A prefill's edited rows: the last 6 queries, each with its own causal+padding mask, the
+    edit reaching only rows after each sequence's image (the rest plain attention)."""
+    q, k, v, allowed, image, sinks = _inputs(4)
+    rows = 6
+    q = torch.randn(B, H, rows, D, generator=torch.Generator().manual_seed(5)).to(q)
+    positions = torch.arange(K - rows, K)  # the rows' cache slots: the last six
+    causal = torch.arange(K)[None, :] <= positions[:, None]  # [r, k]
+    allowed = (allowed[:, :, :1] & causal.to(allowed.device)[None, None]).contiguous()  # [b, 1, r, k]
+    apply = torch.ones(B, rows, dtype=torch.bool, device=q.device)
+    apply[1, :3] = False  # as if sequence 1's image ended after its first three rows
+    spec = DecodeKernel(mode, alpha=0.6, p=0.4, rho=1.0, summ=0.0)
+    out = decode_attention(q, k, v, allowed, image, spec, sinks, SCALING, splits, apply)
+    assert out.shape == (B, rows, H, D)
+    if mode == AMPLIFY:
+        expected = _pai_reference(q, k, v, allowed, image, 0.6, apply)
+    else:
+        expected = _var_reference(q, k, v, allowed, image, sinks, 0.4, 1.0, 0.0, apply)
+    plain = _pai_reference(q, k, v, allowed, image, 0.0)
+    torch.testing.assert_close(out.transpose(1, 2).double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(expected[1, :, :3], plain[1, :, :3])  # unreached rows are plain
+    assert not torch.allclose(expected[0], plain[0])  # reached rows really change
 
 
 @pytest.mark.parametrize("mode", [AMPLIFY, REDISTRIBUTE])
@@ -121,7 +155,7 @@ def test_a_split_with_every_key_masked_drops_out(mode):
     else:
         expected = _var_reference(q, k, v, allowed, image, sinks, 0.5, 1.0, 0.0)
     assert out.isfinite().all()
-    torch.testing.assert_close(out[:, 0].double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.transpose(1, 2).double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("rows", "n_keys"), [(32, 685), (256, 685), (8, 150), (1024, 64), (1, 5000), (3, 1)])
@@ -136,7 +170,9 @@ def test_bf16_inputs_stay_close_to_the_reference():
     q, k, v, allowed, image, _ = _inputs(2, torch.bfloat16)
     out = decode_attention(q, k, v, allowed, image, DecodeKernel(AMPLIFY, alpha=0.5), None, SCALING)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out[:, 0].double(), _pai_reference(q, k, v, allowed, image, 0.5), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(
+        out.transpose(1, 2).double(), _pai_reference(q, k, v, allowed, image, 0.5), rtol=2e-2, atol=2e-2
+    )
 
 
 @pytest.mark.parametrize("method", ["pai", "var"])
@@ -148,9 +184,9 @@ def test_guarded_generation_with_the_kernel_equals_the_bias_path(method, monkeyp
     calls = []
     kernel_call = decode_kernel.decode_attention
 
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return kernel_call(*args, **kwargs)
+    def counted(query, *args, **kwargs):
+        calls.append(query.shape[2])  # query rows
+        return kernel_call(query, *args, **kwargs)
 
     def generate(setting: str):
         monkeypatch.setattr(attention, "DECODE_KERNEL", setting)
@@ -164,7 +200,14 @@ def test_guarded_generation_with_the_kernel_equals_the_bias_path(method, monkeyp
     monkeypatch.setattr(attention.dk, "decode_attention", counted)
     fused = generate("on")
     guard.detach()
-    assert len(calls) >= 5 * len(guard_method.layers(guard.adapter.spec))  # every decoding step, every layer
+    layers = len(guard_method.layers(guard.adapter.spec))
+    assert calls.count(1) >= 5 * layers  # every decoding step, every layer
+    assert len(calls) == 6 * layers  # and the prefill
+    prefill_rows = calls[:layers]  # the edited rows of each layer at prefill
+    if method == "pai":
+        assert prefill_rows == [1] * layers  # the prompt's last row
+    else:
+        assert min(prefill_rows) > 1  # every row after the images
     assert torch.equal(fused.sequences, base.sequences)
     for a, b in zip(fused.logits, base.logits):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
@@ -196,6 +239,6 @@ def test_kernel_at_llava_7b_head_shapes_eager_and_compiled(mode):
         ref = _pai_reference(q, k, v, allowed, image, 0.5)
     else:
         ref = _var_reference(q, k, v, allowed, image, sinks, 0.6, 1.0, 0.0)
-    torch.testing.assert_close(eager[:, 0].double(), ref, rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(eager_split[:, 0].double(), ref, rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(compiled[:, 0].double(), ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(eager.transpose(1, 2).double(), ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(eager_split.transpose(1, 2).double(), ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(compiled.transpose(1, 2).double(), ref, rtol=2e-2, atol=2e-2)
