@@ -242,3 +242,34 @@ def test_kernel_at_llava_7b_head_shapes_eager_and_compiled(mode):
     torch.testing.assert_close(eager.transpose(1, 2).double(), ref, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(eager_split.transpose(1, 2).double(), ref, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(compiled.transpose(1, 2).double(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [AMPLIFY, REDISTRIBUTE])
+def test_prefill_rows_at_llava_7b_head_shapes(mode):
+    """The last 40 prompt rows of a 660-token prompt in a 700-slot static cache, bf16, each row
+    with its causal mask, the edit reaching all but sequence 1's first 5 rows; eager and compiled."""
+    heads, d, k_len, written, rows = 32, 128, 700, 660, 40
+    gen = torch.Generator().manual_seed(10 + mode)
+    q = torch.randn(2, heads, rows, d, generator=gen).cuda().bfloat16()
+    k = torch.randn(2, heads, k_len, d, generator=gen).cuda().bfloat16()
+    v = torch.randn(2, heads, k_len, d, generator=gen).cuda().bfloat16()
+    positions = torch.arange(written - rows, written, device="cuda")
+    allowed = (torch.arange(k_len, device="cuda")[None, :] <= positions[:, None])[None, None].repeat(2, 1, 1, 1)
+    allowed[1, ..., :30] = False  # left padding of sequence 1
+    image = torch.zeros(2, k_len, dtype=torch.bool, device="cuda")
+    image[:, 35:611] = True
+    sinks = torch.zeros(2, written, dtype=torch.bool, device="cuda")
+    sinks[:, [0, 30, 100, 101, 300]] = True
+    apply = torch.ones(2, rows, dtype=torch.bool, device="cuda")
+    apply[1, :5] = False
+    spec = DecodeKernel(mode, alpha=0.5, p=0.6, rho=1.0, summ=0.0)
+    run = lambda q: decode_attention(q, k, v, allowed, image, spec, sinks, d**-0.5, apply=apply)  # noqa: E731
+    eager = run(q)
+    compiled = torch.compile(run, fullgraph=True)(q)
+    if mode == AMPLIFY:
+        ref = _pai_reference(q, k, v, allowed, image, 0.5, apply)
+    else:
+        ref = _var_reference(q, k, v, allowed, image, sinks, 0.6, 1.0, 0.0, apply)
+    torch.testing.assert_close(eager.transpose(1, 2).double(), ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(compiled.transpose(1, 2).double(), ref, rtol=2e-2, atol=2e-2)

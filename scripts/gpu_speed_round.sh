@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The speed measurements of issues 2 and 8 on the LLaVA-1.5-7B shape, in two device calls of
+# under 10 minutes each (results and logs under OUT):
+#   bash scripts/gpu_speed_round.sh static OUT   # the kernel's GPU tests; static cache + compile, b1 and b8
+#   bash scripts/gpu_speed_round.sh dynamic OUT  # dynamic cache b1 and b8, prefill latency, a profile of static b8
+# 256 new tokens, as the brief's anchor (plain HF generate ~26 tok/s, static + compile ~117 on an H100).
+set -uo pipefail
+PART=${1:?static or dynamic}
+OUT=${2:?output folder}
+mkdir -p "$OUT"
+MODES="plain pai var vhr"
+if [ "$PART" = static ]; then
+    python -m pytest -q -m gpu tests/test_decode_kernel.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.log"
+    timeout 480 python scripts/bench_overhead.py --caches static --batch-sizes 8,1 --modes $MODES \
+        --skip-prefill --new-tokens 256 --reps 3 --out "$OUT/bench_static.json" 2>&1 \
+        | grep -v Warning | tee "$OUT/bench_static.log"
+else
+    timeout 300 python scripts/bench_overhead.py --caches dynamic --batch-sizes 1,8 --modes $MODES \
+        --prefill-modes $MODES --new-tokens 256 --reps 3 --out "$OUT/bench_dynamic.json" 2>&1 \
+        | grep -v Warning | tee "$OUT/bench_dynamic.log"
+    timeout 220 python scripts/profile_decode.py --cache static --batch 8 --modes $MODES --new-tokens 32 \
+        --out "$OUT/profile_static_b8.json" 2>&1 | grep -v Warning | tee "$OUT/profile_static_b8.log"
+fi
