@@ -16,7 +16,7 @@ if [ "$PART" = static ]; then
         | grep -v Warning | tee "$OUT/bench_static.log"
 else
     timeout 300 python scripts/bench_overhead.py --caches dynamic --batch-sizes 1,8 --modes $MODES \
-        --prefill-modes $MODES --new-tokens 256 --reps 3 --out "$OUT/bench_dynamic.json" 2>&1 \
+        --prefill-modes $MODES --new-tokens 256 --warm-tokens 32 --reps 3 --out "$OUT/bench_dynamic.json" 2>&1 \
         | grep -v Warning | tee "$OUT/bench_dynamic.log"
     timeout 220 python scripts/profile_decode.py --cache static --batch 8 --modes $MODES --new-tokens 32 \
         --out "$OUT/profile_static_b8.json" 2>&1 | grep -v Warning | tee "$OUT/profile_static_b8.log"
