@@ -213,6 +213,19 @@ def test_guarded_generation_with_the_kernel_equals_the_bias_path(method, monkeyp
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["pai", "var"])
+def test_static_cache_generation_with_the_kernel_equals_the_bias_path(method, monkeypatch):
+    """A static cache hands the kernel cache-wide keys and 4-D masks, at prefill and while decoding."""
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None) if method == "pai" else _sinky_var(model)])
+    runs = {}
+    for setting in ("off", "on"):
+        monkeypatch.setattr(attention, "DECODE_KERNEL", setting)
+        runs[setting] = guard.generate(IMAGES, PROMPTS, max_new_tokens=5, cache_implementation="static")
+    guard.detach()
+    assert runs["on"].token_ids == runs["off"].token_ids
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", [AMPLIFY, REDISTRIBUTE])
 def test_kernel_at_llava_7b_head_shapes_eager_and_compiled(mode):
