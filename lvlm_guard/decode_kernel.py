@@ -102,6 +102,14 @@ if TRITON_AVAILABLE:
         return numerator / (rest + sink_factor * sink_mass + gain * free)
 
     @triton.jit
+    def _row_p(p, APPLY, b, r, s_pb, s_pr, HAS_APPLY: tl.constexpr):
+        """VAR's sink share `p` for this query row: 1 (no redistribution) where the edit does not reach."""
+        p = tl.cast(p, tl.float32)
+        if HAS_APPLY:
+            p = tl.where(tl.load(APPLY + b * s_pb + r * s_pr) != 0, p, 1.0)
+        return p
+
+    @triton.jit
     def _decode_attention_kernel(
         Q, K, V, OUT, IMG, ALLOWED, SINKS, APPLY, PART_MAX, PART_MASS, PART_ACC,
         s_qb, s_qh, s_qr, s_qd,
@@ -190,14 +198,6 @@ if TRITON_AVAILABLE:
             tl.store(PART_ACC + (row * 3 + 0) * HEAD_DIM + d, acc_rest)
             tl.store(PART_ACC + (row * 3 + 1) * HEAD_DIM + d, acc_sink)
             tl.store(PART_ACC + (row * 3 + 2) * HEAD_DIM + d, acc_free)
-
-    @triton.jit
-    def _row_p(p, APPLY, b, r, s_pb, s_pr, HAS_APPLY: tl.constexpr):
-        """VAR's sink share `p` for this query row: 1 (no redistribution) where the edit does not reach."""
-        p = tl.cast(p, tl.float32)
-        if HAS_APPLY:
-            p = tl.where(tl.load(APPLY + b * s_pb + r * s_pr) != 0, p, 1.0)
-        return p
 
     @triton.jit
     def _combine_kernel(
