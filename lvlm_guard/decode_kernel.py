@@ -120,11 +120,15 @@ if TRITON_AVAILABLE:
         n_rows, n_keys, n_sink_keys, keys_per_split, group, scaling, alpha, p, rho, summ,
         HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
         MODE: tl.constexpr, HAS_ALLOWED: tl.constexpr, HAS_APPLY: tl.constexpr, FINAL: tl.constexpr,
+        DOT_VALUES: tl.constexpr,
     ):  # fmt: skip
         """One (sequence, head, query row) over one split of its keys, in a single pass: online
         softmax, with VAR's three key groups (sinks, free image keys, the rest) kept apart so
         their factors can be applied once the row's masses are known. FINAL: the only split,
-        write the output; else write the split's partial sums for `_combine_kernel`."""
+        write the output; else write the split's partial sums for `_combine_kernel`.
+        DOT_VALUES: the groups' weighted value sums as one `[16, keys] @ [keys, d]` matrix product
+        (tensor cores; rows 0-2 used, weights in the values' dtype as flash attention does)
+        instead of three reductions over the key block."""
         pid = tl.program_id(0)
         split = tl.program_id(1)
         r = pid % n_rows
@@ -152,6 +156,8 @@ if TRITON_AVAILABLE:
         acc_rest = tl.zeros([HEAD_DIM], dtype=tl.float32)
         acc_sink = tl.zeros([HEAD_DIM], dtype=tl.float32)
         acc_free = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        group_row = tl.arange(0, 16)[:, None]  # DOT_VALUES: 0 rest, 1 sinks, 2 free image keys
+        acc_groups = tl.zeros([16, HEAD_DIM], dtype=tl.float32)
         first = split * keys_per_split
         last = tl.minimum(first + keys_per_split, n_keys)
         for start in range(first, last, BLOCK_N):
@@ -167,22 +173,35 @@ if TRITON_AVAILABLE:
             correction = tl.exp(m - m_safe)
             w = tl.exp(s - m_safe)
             v = tl.load(v_base + n[:, None] * s_vn + d[None, :] * s_vd, mask=valid[:, None], other=0.0)
-            v = v.to(tl.float32)
             if MODE == 0:
-                rest = rest * correction + tl.sum(w, axis=0)
-                acc_rest = acc_rest * correction + tl.sum(w[:, None] * v, axis=0)
+                w_rest = w
+                w_sink = tl.zeros([BLOCK_N], dtype=tl.float32)
+                w_free = w_sink
             else:
                 w_sink = tl.where(sink, w, 0.0)
                 w_free = tl.where(image & ~sink, w, 0.0)
                 w_rest = w - w_sink - w_free
-                rest = rest * correction + tl.sum(w_rest, axis=0)
                 text_sinks = text_sinks * correction + tl.sum(tl.where(image, 0.0, w_sink), axis=0)
                 free = free * correction + tl.sum(w_free, axis=0)
                 visual_sinks = visual_sinks * correction + tl.sum(tl.where(image, w_sink, 0.0), axis=0)
+            rest = rest * correction + tl.sum(w_rest, axis=0)
+            if DOT_VALUES:
+                weights = tl.where(group_row == 0, w_rest[None, :], 0.0)
+                if MODE == 1:
+                    weights = tl.where(group_row == 1, w_sink[None, :], weights)
+                    weights = tl.where(group_row == 2, w_free[None, :], weights)
+                acc_groups = acc_groups * correction + tl.dot(weights.to(v.dtype), v)
+            else:
+                v = v.to(tl.float32)
                 acc_rest = acc_rest * correction + tl.sum(w_rest[:, None] * v, axis=0)
-                acc_sink = acc_sink * correction + tl.sum(w_sink[:, None] * v, axis=0)
-                acc_free = acc_free * correction + tl.sum(w_free[:, None] * v, axis=0)
+                if MODE == 1:
+                    acc_sink = acc_sink * correction + tl.sum(w_sink[:, None] * v, axis=0)
+                    acc_free = acc_free * correction + tl.sum(w_free[:, None] * v, axis=0)
             m = m_new
+        if DOT_VALUES:
+            acc_rest = tl.sum(tl.where(group_row == 0, acc_groups, 0.0), axis=0)
+            acc_sink = tl.sum(tl.where(group_row == 1, acc_groups, 0.0), axis=0)
+            acc_free = tl.sum(tl.where(group_row == 2, acc_groups, 0.0), axis=0)
         if FINAL:
             p = _row_p(p, APPLY, b, r, s_pb, s_pr, HAS_APPLY)
             out = _finish(rest, text_sinks, free, visual_sinks, acc_rest, acc_sink, acc_free,
@@ -239,6 +258,9 @@ TARGET_PROGRAMS = 256
 #: Triton launch options of the main kernel (e.g. `num_warps`); empty: Triton's defaults.
 #: `scripts/sweep_decode_kernel.py` times the alternatives.
 LAUNCH_OPTIONS: dict = {}
+#: weighted value sums through `tl.dot` (tensor cores) instead of reductions: an alternative the
+#: sweep measures (not yet run on a GPU; off until it is)
+DOT_VALUES = False
 
 
 def key_splits(rows: int, n_keys: int) -> tuple[int, int]:
@@ -286,7 +308,7 @@ def _launch(kernels, query, key, value, allowed, image_keys, sinks, apply, scali
         n_rows, n_keys, sinks.shape[1] if sinks is not None else 0, keys_per_split, heads // key.shape[1],
         scaling, alpha, p, rho, summ,
         HEADS=heads, HEAD_DIM=head_dim, BLOCK_N=BLOCK_KEYS, MODE=mode, HAS_ALLOWED=allowed is not None,
-        HAS_APPLY=apply is not None, FINAL=final, **LAUNCH_OPTIONS,
+        HAS_APPLY=apply is not None, FINAL=final, DOT_VALUES=DOT_VALUES, **LAUNCH_OPTIONS,
     )  # fmt: skip
     if not final:
         combine_kernel[(rows,)](

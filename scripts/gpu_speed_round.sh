@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The speed measurements of issues 2 and 8 on the LLaVA-1.5-7B shape, in two device calls of
 # under 10 minutes each (results and logs under OUT):
-#   bash scripts/gpu_speed_round.sh static OUT   # the kernel's GPU tests; static cache + compile, b1 and b8
+#   bash scripts/gpu_speed_round.sh static OUT   # the kernel's GPU tests and knobs; static cache + compile, b1 and b8
 #   bash scripts/gpu_speed_round.sh dynamic OUT  # dynamic cache b1 and b8, prefill latency, a profile of static b8
 # 256 new tokens, as the brief's anchor (plain HF generate ~26 tok/s, static + compile ~117 on an H100).
 set -uo pipefail
@@ -11,7 +11,9 @@ mkdir -p "$OUT"
 MODES="plain pai var vhr"
 if [ "$PART" = static ]; then
     python -m pytest -q -m gpu tests/test_decode_kernel.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.log"
-    timeout 480 python scripts/bench_overhead.py --caches static --batch-sizes 8,1 --modes $MODES \
+    timeout 60 python scripts/sweep_decode_kernel.py --blocks 128,256 --targets 0,256,512 --warps 4 --dot 0,1 \
+        --out "$OUT/sweep.json" 2>&1 | grep -E "sdpa|best" | tee "$OUT/sweep.log"
+    timeout 440 python scripts/bench_overhead.py --caches static --batch-sizes 8,1 --modes $MODES \
         --skip-prefill --new-tokens 256 --reps 3 --out "$OUT/bench_static.json" 2>&1 \
         | grep -v Warning | tee "$OUT/bench_static.log"
 else

@@ -2,8 +2,9 @@
 
 Each configuration is launched directly (no torch.compile) and replayed from a CUDA graph, as a
 compiled static-cache decode replays it, next to SDPA on the same tensors (LLaVA-1.5-7B heads:
-32 x 128, 685 keys). Knobs: key block, target program count (how far a row's keys are split;
-0 = one program per row, no combining kernel), num_warps. Writes JSON rows as it goes.
+32 x 128, 685 keys). Knobs: key block; target program count (how far a row's keys are split;
+0 = one program per row, no combining kernel); num_warps; value sums by `tl.dot` or by
+reductions. Writes JSON rows as it goes.
 
     python scripts/sweep_decode_kernel.py --out evals/results/decode_kernel/sweep_h200.json
 """
@@ -50,9 +51,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
     parser.add_argument("--key-len", type=int, default=685)
-    parser.add_argument("--blocks", type=lambda s: [int(x) for x in s.split(",")], default=[32, 64, 128])
+    parser.add_argument("--blocks", type=lambda s: [int(x) for x in s.split(",")], default=[64, 128, 256])
     parser.add_argument("--targets", type=lambda s: [int(x) for x in s.split(",")], default=[0, 512, 1024, 2048, 4096])
     parser.add_argument("--warps", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8])
+    parser.add_argument("--dot", type=lambda s: [bool(int(x)) for x in s.split(",")], default=[False, True])
     args = parser.parse_args()
     rows = []
     specs = {"pai": dk.DecodeKernel(dk.AMPLIFY, alpha=0.2), "var": dk.DecodeKernel(dk.REDISTRIBUTE, p=0.6, rho=0.5)}
@@ -62,13 +64,14 @@ def main() -> None:
         sdpa = microseconds(partial(F.scaled_dot_product_attention, q, k, v, attn_mask=allowed, scale=scale))
         print(f"b{batch} sdpa {sdpa:.1f} us", flush=True)
         rows.append({"batch": batch, "variant": "sdpa", "us": sdpa})
-        for (name, spec), block, target, warps in itertools.product(
-            specs.items(), args.blocks, args.targets, args.warps
+        for (name, spec), block, target, warps, dot in itertools.product(
+            specs.items(), args.blocks, args.targets, args.warps, args.dot
         ):
             dk.BLOCK_KEYS, dk.TARGET_PROGRAMS, dk.LAUNCH_OPTIONS = block, max(target, 1), {"num_warps": warps}
+            dk.DOT_VALUES = dot
             splits = 1 if target == 0 else 0
             run = partial(dk.decode_attention, q, k, v, allowed, image, spec, sinks, scale, splits)
-            row = {"batch": batch, "variant": name, "block": block, "target": target, "warps": warps}
+            row = {"batch": batch, "variant": name, "block": block, "target": target, "warps": warps, "dot": dot}
             row["splits"] = 1 if target == 0 else dk.key_splits(batch * HEADS, args.key_len)[0]
             try:
                 row["us"] = microseconds(run)

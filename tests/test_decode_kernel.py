@@ -117,11 +117,13 @@ def test_redistribute_equals_float64_var(rho, summ, splits):
         assert not torch.allclose(expected, plain)  # the case really redistributes
 
 
-@pytest.mark.parametrize("splits", SPLITS)
+@pytest.mark.parametrize(("splits", "dot_values"), [(1, False), (0, False), (4, False), (1, True), (0, True)])
 @pytest.mark.parametrize("mode", [AMPLIFY, REDISTRIBUTE])
-def test_several_prompt_rows_with_causal_masks_and_a_per_row_reach(mode, splits):
+def test_several_prompt_rows_with_causal_masks_and_a_per_row_reach(mode, splits, dot_values, monkeypatch):
     """A prefill's edited rows: the last 6 queries, each with its own causal+padding mask, the
-    edit reaching only rows after each sequence's image (the rest plain attention)."""
+    edit reaching only rows after each sequence's image (the rest plain attention); value sums
+    by reductions and by `tl.dot`."""
+    monkeypatch.setattr(decode_kernel, "DOT_VALUES", dot_values)
     q, k, v, allowed, image, sinks = _inputs(4)
     rows = 6
     q = torch.randn(B, H, rows, D, generator=torch.Generator().manual_seed(5)).to(q)
