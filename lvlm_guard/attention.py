@@ -73,8 +73,12 @@ FUSED_MIN_ROWS = 128
 DECODE_KERNEL = "auto"
 
 
-def _kernel_allowed(query: torch.Tensor, key: torch.Tensor) -> bool:
-    if DECODE_KERNEL == "off" or not dk.supports(query, key) or not dk.TRITON_AVAILABLE:
+def _kernel_allowed(query: torch.Tensor, key: torch.Tensor, image_keys: torch.Tensor) -> bool:
+    """The kernel has no backward: where gradients flow, the bias path (autograd) serves. It
+    indexes the image mask by sequence: a mask of another batch falls to the bias path's checks."""
+    if DECODE_KERNEL == "off" or not dk.TRITON_AVAILABLE or not dk.supports(query, key):
+        return False
+    if image_keys.shape[0] != query.shape[0] or (torch.is_grad_enabled() and query.requires_grad):
         return False
     return DECODE_KERNEL == "on" or query.is_cuda
 
@@ -129,7 +133,7 @@ class LayerAttention:
         group = query.shape[1] // key.shape[1]
         image_keys = state.image_keys_for(query.shape[0], key.shape[2], query.device)
         row_start = self._row_start(edits, q_len) if edits else q_len
-        if edits and self.kernel is not None and not tap and _kernel_allowed(query, key):
+        if edits and self.kernel is not None and not tap and _kernel_allowed(query, key, image_keys):
             return self._kernel_attention(
                 module, query, key, value, attention_mask, stock, image_keys, row_start, kwargs
             )

@@ -13,13 +13,16 @@ import torch
 
 pytest.importorskip("triton")
 
+from test_attention_edits import pai_edit, run  # noqa: E402
 from test_guard import IMAGES, PROMPTS  # noqa: E402
 from test_var import _sinky_var  # noqa: E402
 from tiny_models import tiny_llava  # noqa: E402
 
 import lvlm_guard as lg  # noqa: E402
 from lvlm_guard import attention, decode_kernel  # noqa: E402
+from lvlm_guard.attention import LayerAttention  # noqa: E402
 from lvlm_guard.decode_kernel import AMPLIFY, REDISTRIBUTE, DecodeKernel, decode_attention  # noqa: E402
+from lvlm_guard.state import GuardState  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, KV, D, K, PROMPT = 2, 4, 2, 16, 150, 110  # K not a multiple of the kernel's key block
@@ -288,3 +291,23 @@ def test_prefill_rows_at_llava_7b_head_shapes(mode):
         ref = _var_reference(q, k, v, allowed, image, sinks, 0.6, 1.0, 0.0, apply)
     torch.testing.assert_close(eager.transpose(1, 2).double(), ref, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(compiled.transpose(1, 2).double(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_gradients_flow_through_the_bias_path_not_the_kernel(monkeypatch):
+    """The kernel has no backward: a query that needs gradients takes the autograd path."""
+    monkeypatch.setattr(attention, "DECODE_KERNEL", "on")
+    calls = []
+    kernel_call = decode_kernel.decode_attention
+    monkeypatch.setattr(attention.dk, "decode_attention", lambda *a, **kw: calls.append(1) or kernel_call(*a, **kw))
+    q, k, v, allowed, image, _ = _inputs(6)
+    state = GuardState()
+    state.set_image_keys(image)
+    layer = LayerAttention(0, [pai_edit(0.5)], state, H)
+    plain = run(layer, q, k, v, allowed)
+    assert len(calls) == 1 and plain.grad_fn is None
+    q = q.clone().requires_grad_()
+    out = run(layer, q, k, v, allowed)
+    assert len(calls) == 1  # not called again
+    out.sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+    torch.testing.assert_close(out.detach(), plain, rtol=1e-5, atol=1e-5)
