@@ -14,6 +14,7 @@ from torch import nn
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 import lvlm_guard as lg
+from lvlm_guard import attention
 from lvlm_guard.models.idefics3 import Idefics3Adapter
 from lvlm_guard.models.llava import LlavaAdapter
 from lvlm_guard.models.llava_next import LlavaNextAdapter
@@ -363,3 +364,27 @@ def test_static_cache_generation_matches_dynamic_cache(family):
     finally:
         guard.detach()
     assert static.token_ids == dynamic.token_ids
+
+
+def test_the_fused_kernel_equals_the_bias_path(family, monkeypatch):
+    """PAI through the Triton kernel (CPU: its interpreter) against the SDPA-bias path, every family:
+    GQA, multi-image prompts, left padding, the family's own masks and scaling."""
+    pytest.importorskip("triton")
+    _, model, processor = family
+    calls = []
+    kernel_call = attention.dk.decode_attention
+    monkeypatch.setattr(attention.dk, "decode_attention", lambda *a, **kw: calls.append(1) or kernel_call(*a, **kw))
+    guard = lg.attach(model, processor, [lg.PAI(alpha=0.5, gamma=None)])
+    try:
+        inputs = guard.prepare(IMAGES, PROMPTS)
+        monkeypatch.setattr(attention, "DECODE_KERNEL", "off")
+        base = greedy(model, inputs)
+        assert not calls
+        monkeypatch.setattr(attention, "DECODE_KERNEL", "on")
+        fused = greedy(model, inputs)
+    finally:
+        guard.detach()
+    assert len(calls) == STEPS * len(lg.PAI().layers(guard.adapter.spec))  # prefill + every step, every layer
+    assert torch.equal(fused.sequences, base.sequences)
+    for a, b in zip(fused.logits, base.logits):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
