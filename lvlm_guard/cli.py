@@ -1,8 +1,8 @@
 """The `lvlm-guard` command line.
 
-    lvlm-guard generate --image cat.jpg --prompt "Describe the image." --guard pai
-    lvlm-guard eval pope --model tiny-coco --grid none,pai --out runs/pope
-    lvlm-guard list
+lvlm-guard generate --image cat.jpg --prompt "Describe the image." --guard pai
+lvlm-guard eval pope --model tiny-coco --grid none,pai --out runs/pope
+lvlm-guard list
 """
 
 from __future__ import annotations
@@ -108,7 +108,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lvlm-guard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lvlm-guard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="answer prompts about one image, guarded and unguarded side by side")

@@ -27,7 +27,7 @@ def test_reinforce_measures_at_the_last_prompt_row_and_scales_generating_rows_on
     image_free = torch.randn(b, h, d, dtype=torch.float64)
     state = GuardState(prompt_ids=torch.zeros(b, 5, dtype=torch.long))
     state.scratch[NO_IMAGE] = {3: image_free}
-    out = _reinforce(lg.VHR(alpha=2.5), HeadOutputs(layer=3, state=state), heads)
+    out = _reinforce(lg.VHR(alpha=2.5), (3,), HeadOutputs(layer=3, state=state), heads)
     divergence = (heads[:, -1] - image_free).norm(dim=-1)
     torch.testing.assert_close(state.scratch[VHD][3].double(), divergence, rtol=1e-6, atol=1e-6)  # float32
     selected = vision_aware_heads(state.scratch[VHD][3])
@@ -36,7 +36,7 @@ def test_reinforce_measures_at_the_last_prompt_row_and_scales_generating_rows_on
     torch.testing.assert_close(out, expected)
     step = torch.randn(b, 1, h, d, dtype=torch.float64)  # a decoding step reuses the selection
     torch.testing.assert_close(
-        _reinforce(lg.VHR(alpha=2.5), HeadOutputs(layer=3, state=state), step),
+        _reinforce(lg.VHR(alpha=2.5), (3,), HeadOutputs(layer=3, state=state), step),
         torch.where(selected[:, None, :, None], 2.5 * step, step),
     )
 

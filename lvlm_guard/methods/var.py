@@ -35,12 +35,13 @@ import torch.nn.functional as F
 from lvlm_guard.decode_kernel import REDISTRIBUTE, DecodeKernel
 from lvlm_guard.edits import AttentionEdit, AttentionRows, HiddenStateEdit, InterventionPlan
 from lvlm_guard.errors import InterventionConfigError
+from lvlm_guard.layer_tensors import LayerTensors
 from lvlm_guard.methods.base import Intervention, layer_range, register_method
 from lvlm_guard.models.base import ModelSpec
 from lvlm_guard.sinks import sink_dims_for, sink_scores
 from lvlm_guard.state import GuardState
 
-SINKS = "var.sink_tokens"  # state.scratch[SINKS][layer]: [b, prompt_len] bool
+SINKS = "var.sink_tokens"  # state.scratch[SINKS][layer]: [b, prompt_len] bool (a LayerTensors)
 DIMS = "var.sink_dims"  # state.scratch[DIMS]: the model's sink dimensions
 
 
@@ -81,12 +82,17 @@ def _redistribution_bias(config: VAR, rows: AttentionRows) -> torch.Tensor:
     return redistribution_log_factors(probs, rows.image_keys, sinks, config.p, config.rho, config.summ)
 
 
-def _record_sinks(config: VAR, layer: int, _after: int, state: GuardState, hidden: torch.Tensor) -> torch.Tensor:
+def _record_sinks(
+    config: VAR, layers: tuple[int, ...], layer: int, _after: int, state: GuardState, hidden: torch.Tensor
+) -> torch.Tensor:
     """After decoder layer `layer - 1`: find the sinks among the prompt tokens entering `layer`."""
     dims = state.scratch.get(DIMS)
     if dims is not None and hidden.shape[1] > 1 and state.query_offset == 0:
         found = sink_scores(hidden[:, : state.prompt_len], dims) > config.tau
-        state.scratch.setdefault(SINKS, {})[layer] = found
+        sinks = state.scratch.get(SINKS)
+        if not isinstance(sinks, LayerTensors):
+            sinks = state.scratch[SINKS] = LayerTensors(layers)
+        sinks[layer] = found
     return hidden
 
 
@@ -118,13 +124,14 @@ class VAR(Intervention):
         if self.sink_dims is not None and any(not 0 <= d < spec.hidden_size for d in self.sink_dims):
             raise InterventionConfigError(f"var: sink_dims {self.sink_dims} outside 0..{spec.hidden_size - 1}")
         plan = InterventionPlan()
-        for layer in self.layers(spec):
+        layers = self.layers(spec)
+        for layer in layers:
             kernel = DecodeKernel(REDISTRIBUTE, p=self.p, rho=self.rho, summ=self.summ, sinks=_layer_sinks)
             edit = AttentionEdit(
                 rows="after_image", logit_bias=partial(_redistribution_bias, self), decode_kernel=kernel
             )
             plan.attention[layer] = [edit]
-            plan.hidden_states[layer - 1] = [HiddenStateEdit(partial(_record_sinks, self, layer))]
+            plan.hidden_states[layer - 1] = [HiddenStateEdit(partial(_record_sinks, self, layers, layer))]
         return plan
 
     def on_attach(self, guard) -> None:

@@ -27,11 +27,14 @@ import torch
 
 from lvlm_guard.edits import HeadOutputEdit, HeadOutputs, InterventionPlan
 from lvlm_guard.errors import InterventionConfigError
+from lvlm_guard.layer_tensors import LayerTensors
 from lvlm_guard.methods.base import Intervention, layer_range, register_method
 from lvlm_guard.models.base import ModelSpec
 
 NO_IMAGE = "vhr.image_free_heads"  # scratch[NO_IMAGE][layer]: [b, h, d] head outputs without the image
-SCALE = "vhr.head_scale"  # scratch[SCALE][layer]: [b, h] multiplier (alpha on vision-aware heads, else 1)
+SCALE = (
+    "vhr.head_scale"  # scratch[SCALE][layer]: [b, h] multiplier (alpha on vision-aware heads, else 1), a LayerTensors
+)
 VHD = "vhr.divergence"  # scratch[VHD][layer]: [b, h] the measured divergences (diagnostics)
 
 
@@ -43,10 +46,12 @@ def vision_aware_heads(divergence: torch.Tensor) -> torch.Tensor:
     return (kept > median) & ~surge
 
 
-def _reinforce(config: VHR, ctx: HeadOutputs, heads: torch.Tensor) -> torch.Tensor:
+def _reinforce(config: VHR, layers: tuple[int, ...], ctx: HeadOutputs, heads: torch.Tensor) -> torch.Tensor:
     """Head outputs `[b, q, h, d]` of one layer: measure VHD at the prompt's last row, scale."""
     state = ctx.state
-    scales = state.scratch.setdefault(SCALE, {})
+    scales = state.scratch.get(SCALE)
+    if scales is None:
+        scales = state.scratch[SCALE] = LayerTensors(layers)
     q_len = heads.shape[1]
     last_prompt_row = state.prompt_len - 1 - state.query_offset
     if q_len > 1 and 0 <= last_prompt_row < q_len:  # the prefill (or a recomputation) of this prompt
@@ -84,13 +89,13 @@ class VHR(Intervention):
         return layer_range("vhr", self.start_layer, self.end_layer, spec)
 
     def plan(self, spec: ModelSpec) -> InterventionPlan:
-        edit = HeadOutputEdit(fn=partial(_reinforce, self))
+        edit = HeadOutputEdit(fn=partial(_reinforce, self, self.layers(spec)))
         return InterventionPlan(head_outputs={layer: [edit] for layer in self.layers(spec)})
 
     def on_prefill(self, guard, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """The image-free branch: the prompt without its image tokens, last-token head outputs."""
         state = guard.state
-        state.scratch[SCALE] = {}
+        state.scratch[SCALE] = LayerTensors(self.layers(guard.adapter.spec))
         state.scratch[NO_IMAGE] = record_image_free_heads(
             guard, input_ids, attention_mask, self.layers(guard.adapter.spec)
         )

@@ -26,8 +26,7 @@ def adapter_class_for_architecture(architecture: str, *, source: str = "") -> ty
     except KeyError:
         where = f" ({source})" if source else ""
         raise UnsupportedModelError(
-            f"architecture {architecture!r}{where} is not supported; supported: "
-            + ", ".join(supported_architectures())
+            f"architecture {architecture!r}{where} is not supported; supported: " + ", ".join(supported_architectures())
         ) from None
 
 
