@@ -11,6 +11,7 @@ SDPA with an additive bias where the edit is a bias, with explicit weights where
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -73,14 +74,36 @@ FUSED_MIN_ROWS = 128
 DECODE_KERNEL = "auto"
 
 
+#: set when the kernel failed in "auto" mode (e.g. a GPU or Triton version it does not compile
+#: for): the bias path serves from then on, after one warning
+_KERNEL_FAILED = False
+
+
 def _kernel_allowed(query: torch.Tensor, key: torch.Tensor, image_keys: torch.Tensor) -> bool:
     """The kernel has no backward: where gradients flow, the bias path (autograd) serves. It
     indexes the image mask by sequence: a mask of another batch falls to the bias path's checks."""
-    if DECODE_KERNEL == "off" or not dk.TRITON_AVAILABLE or not dk.supports(query, key):
+    if DECODE_KERNEL == "off" or _KERNEL_FAILED or not dk.TRITON_AVAILABLE or not dk.supports(query, key):
         return False
     if image_keys.shape[0] != query.shape[0] or (torch.is_grad_enabled() and query.requires_grad):
         return False
     return DECODE_KERNEL == "on" or query.is_cuda
+
+
+def _kernel_or_none(*args, **kwargs) -> torch.Tensor | None:
+    """`decode_kernel.decode_attention`; in "auto" mode a failure warns once and returns None."""
+    global _KERNEL_FAILED
+    if DECODE_KERNEL == "on" or torch.compiler.is_compiling():
+        return dk.decode_attention(*args, **kwargs)
+    try:
+        return dk.decode_attention(*args, **kwargs)
+    except Exception as error:  # the kernel is an optimisation: a failure must not stop generation
+        _KERNEL_FAILED = True
+        warnings.warn(
+            f"lvlm_guard: the fused attention kernel failed ({error!r}); the SDPA-bias path serves from now on",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
 
 
 def _fused_allowed(query: torch.Tensor) -> bool:
@@ -134,9 +157,11 @@ class LayerAttention:
         image_keys = state.image_keys_for(query.shape[0], key.shape[2], query.device)
         row_start = self._row_start(edits, q_len) if edits else q_len
         if edits and self.kernel is not None and not tap and _kernel_allowed(query, key, image_keys):
-            return self._kernel_attention(
+            result = self._kernel_attention(
                 module, query, key, value, attention_mask, stock, image_keys, row_start, kwargs
             )
+            if result is not None:  # None: the kernel failed, the bias path below serves
+                return result
         if edits and q_len == 1 and self.fusable and not tap and _fused_allowed(query):
             allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
             mods = [(e.score_mod.fn, e.score_mod.weights(state, image_keys)) for e in edits]
@@ -166,14 +191,17 @@ class LayerAttention:
         sinks = self.kernel.sinks(state, self.layer) if self.kernel.sinks is not None else None
         allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device, row_start)
         if q_len == 1:
-            return dk.decode_attention(query, key, value, allowed, image_keys, self.kernel, sinks, scaling), None
+            out = _kernel_or_none(query, key, value, allowed, image_keys, self.kernel, sinks, scaling)
+            return None if out is None else (out, None)
         out, weights = stock(module, query, key, value, attention_mask, **kwargs)
         rows = query[:, :, row_start:]
         ctx = AttentionRows(self.layer, rows, key, scaling, image_keys, allowed, row_start, False, state)
         apply = self._row_mask(self.edits[0], ctx)
         if apply is not None:
             apply = apply.expand(query.shape[0], rows.shape[2])
-        new = dk.decode_attention(rows, key, value, allowed, image_keys, self.kernel, sinks, scaling, apply=apply)
+        new = _kernel_or_none(rows, key, value, allowed, image_keys, self.kernel, sinks, scaling, apply=apply)
+        if new is None:
+            return None
         if torch.is_grad_enabled():
             out = out.clone()
         out[:, row_start:] = new

@@ -311,3 +311,32 @@ def test_gradients_flow_through_the_bias_path_not_the_kernel(monkeypatch):
     out.sum().backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
     torch.testing.assert_close(out.detach(), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_kernel_in_auto_mode_warns_once_and_the_bias_path_serves(monkeypatch):
+    """ "auto" is an optimisation: a GPU or Triton version the kernel cannot run on must not stop
+    generation. ("on", the tests' setting, raises instead.)"""
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None)])
+    base = guard.generate(IMAGES, PROMPTS, max_new_tokens=4)
+    attempts = []
+
+    def broken(*args, **kwargs):
+        attempts.append(1)
+        raise RuntimeError("no kernel for this GPU")
+
+    monkeypatch.setattr(attention.dk, "decode_attention", broken)
+    monkeypatch.setattr(attention, "DECODE_KERNEL", "auto")
+    monkeypatch.setattr(attention, "_KERNEL_FAILED", False)
+    monkeypatch.setattr(attention.dk, "supports", lambda query, key: True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # "auto" tries CUDA tensors only
+    with pytest.warns(RuntimeWarning, match="no kernel for this GPU"):
+        fallback = guard.generate(IMAGES, PROMPTS, max_new_tokens=4)
+    monkeypatch.undo()
+    guard.detach()
+    assert attempts == [1]  # tried once, then left alone
+    assert fallback.token_ids == base.token_ids
+    with pytest.raises(RuntimeError, match="no kernel"):  # "on" raises
+        monkeypatch.setattr(attention.dk, "decode_attention", broken)
+        monkeypatch.setattr(attention, "DECODE_KERNEL", "on")
+        lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None)]).generate(IMAGES, PROMPTS, max_new_tokens=2)
