@@ -10,10 +10,10 @@ OUT=${2:?output folder}
 mkdir -p "$OUT"
 MODES="plain pai var vhr"
 if [ "$PART" = static ]; then
-    timeout 90 python -m pytest -q -m gpu tests/test_decode_kernel.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.log"
+    timeout 120 python -m pytest -q -m gpu tests/test_decode_kernel.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.log"
     timeout 50 python scripts/sweep_decode_kernel.py --blocks 128,256 --targets 0,256,512 --warps 4 --dot 0,1 \
         --out "$OUT/sweep.json" 2>&1 | grep -E "sdpa|best" | tee "$OUT/sweep.log"
-    timeout 420 python scripts/bench_overhead.py --caches static --batch-sizes 8,1 --modes $MODES \
+    timeout 400 python scripts/bench_overhead.py --caches static --batch-sizes 8,1 --modes $MODES \
         --skip-prefill --new-tokens 256 --reps 3 --out "$OUT/bench_static.json" 2>&1 \
         | grep -v Warning | tee "$OUT/bench_static.log"
 else
