@@ -68,9 +68,10 @@ FUSED_MIN_ROWS = 128
 
 #: the fused Triton decoding kernel (`lvlm_guard.decode_kernel`): "auto" = on CUDA where Triton is
 #: installed; "on" = wherever it can run (the tests: CPU through Triton's interpreter); "off" = never.
-#: On the H200 it beats the bias path and FlexAttention everywhere measured: eager decoding PAI
-#: 0.87 -> 0.95x plain at batch 1, VAR 0.58 -> 1.00x; compiled 8.6 us (PAI) / 12.9 us (VAR) per
-#: layer against SDPA's 10.0 at batch 1 (evals/results/decode_kernel/).
+#: On by default: on the H200 it lifted eager VAR decoding from 0.58x to 1.00x plain at batch 1 and
+#: from 0.55x to 0.87x at batch 8 (paired), and per layer and step it takes 7.4 us (PAI) / 11.5 us
+#: (VAR) against SDPA's 12.9 at batch 1 compiled; where it is not yet better:
+#: evals/results/decode_kernel/README.md.
 DECODE_KERNEL = "auto"
 
 
