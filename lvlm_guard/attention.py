@@ -159,7 +159,7 @@ class LayerAttention:
         row_start = self._row_start(edits, q_len) if edits else q_len
         if edits and self.kernel is not None and not tap and _kernel_allowed(query, key, image_keys):
             result = self._kernel_attention(
-                module, query, key, value, attention_mask, stock, image_keys, row_start, kwargs
+                module, query, key, value, attention_mask, stock, image_keys, row_start, scaling, kwargs
             )
             if result is not None:  # None: the kernel failed, the bias path below serves
                 return result
@@ -184,11 +184,12 @@ class LayerAttention:
             state.taps.record_attention(self.layer, probs)
         return out, weights
 
-    def _kernel_attention(self, module, query, key, value, attention_mask, stock, image_keys, row_start, kwargs):
+    def _kernel_attention(
+        self, module, query, key, value, attention_mask, stock, image_keys, row_start, scaling, kwargs
+    ):
         """The layer's one edit through the fused kernel (`lvlm_guard.decode_kernel`): a decoding
         step in one launch; at prefill the stock output with the edited rows written over it."""
         state, q_len = self.state, query.shape[2]
-        scaling = kwargs.get("scaling", module.scaling)
         sinks = self.kernel.sinks(state, self.layer) if self.kernel.sinks is not None else None
         allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device, row_start)
         if q_len == 1:

@@ -294,9 +294,9 @@ def _launch(kernels, query, key, value, allowed, image_keys, sinks, apply, scali
         part_acc = torch.empty(rows * splits * 3 * head_dim, dtype=torch.float32, device=query.device)
     # stand-ins for absent masks (never read): the image mask
     allowed_arg = allowed if allowed is not None else image_keys
-    allowed_strides = (allowed.stride(0) if allowed.shape[0] > 1 else 0, allowed.stride(1), allowed.stride(2)) if (
-        allowed is not None
-    ) else (0, 0, 0)  # fmt: skip
+    allowed_strides = (0, 0, 0)
+    if allowed is not None:  # `[b|1, r, k]`: one mask row shared by the batch gets stride 0
+        allowed_strides = (allowed.stride(0) if allowed.shape[0] > 1 else 0, allowed.stride(1), allowed.stride(2))
     sinks_arg = sinks if sinks is not None else image_keys
     apply_arg = apply if apply is not None else image_keys
     main_kernel[(rows, splits)](

@@ -32,9 +32,8 @@ from lvlm_guard.methods.base import Intervention, layer_range, register_method
 from lvlm_guard.models.base import ModelSpec
 
 NO_IMAGE = "vhr.image_free_heads"  # scratch[NO_IMAGE][layer]: [b, h, d] head outputs without the image
-SCALE = (
-    "vhr.head_scale"  # scratch[SCALE][layer]: [b, h] multiplier (alpha on vision-aware heads, else 1), a LayerTensors
-)
+#: scratch[SCALE][layer]: [b, h] multiplier (alpha on vision-aware heads, else 1), in a LayerTensors
+SCALE = "vhr.head_scale"
 VHD = "vhr.divergence"  # scratch[VHD][layer]: [b, h] the measured divergences (diagnostics)
 
 
@@ -94,11 +93,9 @@ class VHR(Intervention):
 
     def on_prefill(self, guard, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """The image-free branch: the prompt without its image tokens, last-token head outputs."""
-        state = guard.state
-        state.scratch[SCALE] = LayerTensors(self.layers(guard.adapter.spec))
-        state.scratch[NO_IMAGE] = record_image_free_heads(
-            guard, input_ids, attention_mask, self.layers(guard.adapter.spec)
-        )
+        state, layers = guard.state, self.layers(guard.adapter.spec)
+        state.scratch[SCALE] = LayerTensors(layers)  # no stale scales if this prompt records none
+        state.scratch[NO_IMAGE] = record_image_free_heads(guard, input_ids, attention_mask, layers)
 
 
 @torch.no_grad()
