@@ -75,6 +75,23 @@ def variants(options_list):
     return found
 
 
+def decode_inputs(batch: int, key_len: int) -> tuple[torch.Tensor, ...]:
+    """One decoding step's attention inputs on the GPU: q, k, v, allowed `[b, 1, 1, k]`, PAI's
+    weights `[b, k]`, image `[b, k]`, sinks `[b, prompt]` (BOS and the first image token)."""
+    g = torch.Generator(device="cuda").manual_seed(batch)
+    q = torch.randn(batch, HEADS, 1, HEAD_DIM, device="cuda", generator=g, dtype=torch.bfloat16)
+    k = torch.randn(batch, HEADS, key_len, HEAD_DIM, device="cuda", generator=g, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    allowed = torch.zeros(batch, 1, 1, key_len, dtype=torch.bool, device="cuda")
+    allowed[..., : key_len - 30] = True  # the cache slots written so far
+    weights = torch.zeros(batch, key_len, device="cuda")
+    weights[:, IMAGE[0] : IMAGE[1]] = 0.2
+    image = weights > 0
+    sinks = torch.zeros(batch, IMAGE[1], dtype=torch.bool, device="cuda")
+    sinks[:, [0, IMAGE[0]]] = True
+    return q, k, v, allowed, weights, image, sinks
+
+
 def time_variant(fn, inputs, calls: int) -> float:
     """Median microseconds per call of the kernels alone: the calls are replayed from a CUDA graph,
     as the static-cache decode replays them, so Python dispatch does not hide the kernel time."""
@@ -119,18 +136,7 @@ def main() -> None:
     torch._dynamo.config.cache_size_limit = 256
     results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "key_len": args.key_len, "rows": []}
     for batch in args.batch_sizes:
-        g = torch.Generator(device="cuda").manual_seed(batch)
-        q = torch.randn(batch, HEADS, 1, HEAD_DIM, device="cuda", generator=g, dtype=torch.bfloat16)
-        k = torch.randn(batch, HEADS, args.key_len, HEAD_DIM, device="cuda", generator=g, dtype=torch.bfloat16)
-        v = torch.randn_like(k)
-        allowed = torch.zeros(batch, 1, 1, args.key_len, dtype=torch.bool, device="cuda")
-        allowed[..., : args.key_len - 30] = True  # the cache slots written so far
-        weights = torch.zeros(batch, args.key_len, device="cuda")
-        weights[:, IMAGE[0] : IMAGE[1]] = 0.2
-        image = weights > 0
-        sinks = torch.zeros(batch, IMAGE[1], dtype=torch.bool, device="cuda")
-        sinks[:, [0, IMAGE[0]]] = True  # BOS and the first image token
-        inputs = (q, k, v, allowed, weights, image, sinks)
+        inputs = decode_inputs(batch, args.key_len)
         row = {"batch": batch}
         for name, fn in variants(args.options).items():
             try:

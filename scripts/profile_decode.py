@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,22 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_overhead import build_model, fused_setting, interventions_of, make_inputs  # noqa: E402
-
-import lvlm_guard as lg  # noqa: E402
-
-
-def generate(model, inputs, mode: str, new_tokens: int, cache: str) -> None:
-    interventions = interventions_of(mode)
-    guard = lg.attach(model, None, interventions) if interventions is not None else None
-    kwargs = {"cache_implementation": "static"} if cache == "static" else {}
-    try:
-        with torch.no_grad(), fused_setting(mode):
-            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **kwargs)
-        torch.cuda.synchronize()
-    finally:
-        if guard is not None:
-            guard.detach()
+from bench_overhead import build_model, make_inputs, run_generate  # noqa: E402
 
 
 def kernel_stats(prof) -> tuple[Counter, Counter]:
@@ -63,11 +47,9 @@ def main() -> None:
     inputs = make_inputs(args.batch, "cuda")
     rows, per_kernel = {}, {}
     for mode in args.modes:
-        generate(model, inputs, mode, args.new_tokens, args.cache)  # warm-up (compiles the static decode)
+        run_generate(model, inputs, mode, args.new_tokens, args.cache)  # warm-up (compiles the static decode)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            start = time.perf_counter()
-            generate(model, inputs, mode, args.new_tokens, args.cache)
-            wall = time.perf_counter() - start
+            wall, _, _ = run_generate(model, inputs, mode, args.new_tokens, args.cache)
         launches, micros = kernel_stats(prof)
         steps = args.new_tokens
         rows[mode] = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -23,21 +24,8 @@ from triton.testing import do_bench_cudagraph
 
 from lvlm_guard import decode_kernel as dk
 
-HEADS, HEAD_DIM, IMAGE = 32, 128, (5, 581)
-
-
-def inputs(batch: int, key_len: int):
-    g = torch.Generator(device="cuda").manual_seed(batch)
-    q = torch.randn(batch, HEADS, 1, HEAD_DIM, device="cuda", generator=g, dtype=torch.bfloat16)
-    k = torch.randn(batch, HEADS, key_len, HEAD_DIM, device="cuda", generator=g, dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    allowed = torch.zeros(batch, 1, 1, key_len, dtype=torch.bool, device="cuda")
-    allowed[..., : key_len - 30] = True  # a static cache's written slots
-    image = torch.zeros(batch, key_len, dtype=torch.bool, device="cuda")
-    image[:, IMAGE[0] : IMAGE[1]] = True
-    sinks = torch.zeros(batch, IMAGE[1], dtype=torch.bool, device="cuda")
-    sinks[:, [0, IMAGE[0]]] = True
-    return q, k, v, allowed, image, sinks
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_decode_attention import HEAD_DIM, HEADS, decode_inputs  # noqa: E402
 
 
 def microseconds(fn) -> float:
@@ -59,7 +47,7 @@ def main() -> None:
     rows = []
     specs = {"pai": dk.DecodeKernel(dk.AMPLIFY, alpha=0.2), "var": dk.DecodeKernel(dk.REDISTRIBUTE, p=0.6, rho=0.5)}
     for batch in args.batch_sizes:
-        q, k, v, allowed, image, sinks = inputs(batch, args.key_len)
+        q, k, v, allowed, _, image, sinks = decode_inputs(batch, args.key_len)
         scale = HEAD_DIM**-0.5
         sdpa = microseconds(partial(F.scaled_dot_product_attention, q, k, v, attn_mask=allowed, scale=scale))
         print(f"b{batch} sdpa {sdpa:.1f} us", flush=True)
