@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lvlm_guard.triton_launch import CachedLaunch
+
 AMPLIFY = 0  # PAI: s -> s + alpha * |s| on image keys
 REDISTRIBUTE = 1  # VAR: sinks x p, freed mass to non-sink image keys, in selected rows
 BLOCK_KEYS = 128  # scripts/sweep_decode_kernel.py on the H200: 128 beat 32 and 64 at batch 1 and 8
@@ -276,6 +278,14 @@ def key_splits(rows: int, n_keys: int) -> tuple[int, int]:
     return -(-n_keys // keys_per_split), keys_per_split
 
 
+def _run(kernel, grid, tensors, ints, floats, constexprs, options) -> None:
+    """One launch: through `CachedLaunch` (eager) or the kernel's own `[grid]` (`wrap_triton`)."""
+    if isinstance(kernel, CachedLaunch):
+        kernel(grid, tensors, ints, floats, constexprs, options)
+    else:
+        kernel[grid](*tensors, *ints, *floats, **constexprs, **options)
+
+
 def _launch(kernels, query, key, value, allowed, image_keys, sinks, apply, scaling, mode, alpha, p, rho, summ, splits):
     """Run the kernels (the jitted ones, or their `wrap_triton` forms under compile) over
     `splits` key splits (0: `key_splits`' choice); returns `[b, r, h, d]`."""
@@ -292,34 +302,33 @@ def _launch(kernels, query, key, value, allowed, image_keys, sinks, apply, scali
         part_max = torch.empty(rows * splits, dtype=torch.float32, device=query.device)
         part_mass = torch.empty(rows * splits * 4, dtype=torch.float32, device=query.device)
         part_acc = torch.empty(rows * splits * 3 * head_dim, dtype=torch.float32, device=query.device)
-    # stand-ins for absent masks (never read): the image mask
-    allowed_arg = allowed if allowed is not None else image_keys
     allowed_strides = (0, 0, 0)
     if allowed is not None:  # `[b|1, r, k]`: one mask row shared by the batch gets stride 0
         allowed_strides = (allowed.stride(0) if allowed.shape[0] > 1 else 0, allowed.stride(1), allowed.stride(2))
-    sinks_arg = sinks if sinks is not None else image_keys
     apply_arg = apply if apply is not None else image_keys
-    main_kernel[(rows, splits)](
-        query, key, value, out, image_keys, allowed_arg, sinks_arg, apply_arg, part_max, part_mass, part_acc,
-        query.stride(0), query.stride(1), query.stride(2), query.stride(3),
-        key.stride(0), key.stride(1), key.stride(2), key.stride(3),
-        value.stride(0), value.stride(1), value.stride(2), value.stride(3),
-        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        image_keys.stride(0), image_keys.stride(1), *allowed_strides,
-        sinks_arg.stride(0), sinks_arg.stride(1), apply_arg.stride(0), apply_arg.stride(1),
-        n_rows, n_keys, sinks.shape[1] if sinks is not None else 0, keys_per_split, heads // key.shape[1],
-        scaling, alpha, p, rho, summ,
-        HEADS=heads, HEAD_DIM=head_dim, BLOCK_N=BLOCK_KEYS, MODE=mode, HAS_ALLOWED=allowed is not None,
-        HAS_APPLY=apply is not None, FINAL=final, DOT_VALUES=DOT_VALUES, **LAUNCH_OPTIONS,
+    # stand-ins for absent masks (never read): the image mask
+    tensors = (
+        query, key, value, out, image_keys, allowed if allowed is not None else image_keys,
+        sinks if sinks is not None else image_keys, apply_arg, part_max, part_mass, part_acc,
     )  # fmt: skip
+    ints = (
+        *query.stride(), *key.stride(), *value.stride(), *out.stride(), *image_keys.stride(), *allowed_strides,
+        *tensors[6].stride(), *apply_arg.stride(),
+        n_rows, n_keys, sinks.shape[1] if sinks is not None else 0, keys_per_split, heads // key.shape[1],
+    )  # fmt: skip
+    constexprs = {
+        "HEADS": heads, "HEAD_DIM": head_dim, "BLOCK_N": BLOCK_KEYS, "MODE": mode,
+        "HAS_ALLOWED": allowed is not None, "HAS_APPLY": apply is not None, "FINAL": final, "DOT_VALUES": DOT_VALUES,
+    }  # fmt: skip
+    _run(main_kernel, (rows, splits), tensors, ints, (scaling, alpha, p, rho, summ), constexprs, LAUNCH_OPTIONS)
     if not final:
-        combine_kernel[(rows,)](
-            out, apply_arg, part_max, part_mass, part_acc,
-            out.stride(0), out.stride(1), out.stride(2), out.stride(3), apply_arg.stride(0), apply_arg.stride(1),
-            n_rows, splits, p, rho, summ,
-            HEADS=heads, HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits), MODE=mode,
-            HAS_APPLY=apply is not None,
-        )  # fmt: skip
+        tensors = (out, apply_arg, part_max, part_mass, part_acc)
+        ints = (*out.stride(), *apply_arg.stride(), n_rows, splits)
+        constexprs = {
+            "HEADS": heads, "HEAD_DIM": head_dim, "SPLITS": triton.next_power_of_2(splits), "MODE": mode,
+            "HAS_APPLY": apply is not None,
+        }  # fmt: skip
+        _run(combine_kernel, (rows, 1), tensors, ints, (p, rho, summ), constexprs, {})
     return out
 
 
@@ -399,10 +408,11 @@ def decode_attention(
     )
     if compiling:
         return torch.ops.lvlm_guard.decode_attention(*args)
-    return _launch((_decode_attention_kernel, _combine_kernel), *args)
+    return _launch(_EAGER_KERNELS, *args)
 
 
 if TRITON_AVAILABLE:
+    _EAGER_KERNELS = (CachedLaunch(_decode_attention_kernel), CachedLaunch(_combine_kernel))
     try:  # registered at import: registering a custom op while dynamo traces is not allowed
         _register_op()
     except Exception as error:  # an older torch/Triton pair: keep the library importable

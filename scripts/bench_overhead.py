@@ -29,7 +29,7 @@ import transformers
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import lvlm_guard as lg
-from lvlm_guard import attention
+from lvlm_guard import attention, triton_launch
 from lvlm_guard.contrastive import ImageFreeContrast
 
 IMAGE_TOKENS = 576  # CLIP ViT-L/14 at 336 px, CLS dropped
@@ -126,8 +126,8 @@ DEFAULT_MODES = list(SPECIAL_MODES)
 
 
 def interventions_of(mode: str) -> list | None:
-    """The interventions a mode attaches (None: no guard at all); `@unfused`/`@kernel`/`@nokernel`: `fused_setting`."""
-    mode = mode.removesuffix("@unfused").removesuffix("@kernel").removesuffix("@nokernel")
+    """The interventions a mode attaches (None: no guard at all); a suffix after `@`: `fused_setting`."""
+    mode = mode.split("@")[0]
     if mode in SPECIAL_MODES:
         return SPECIAL_MODES[mode]
     return lg.parse_guard_spec(mode)
@@ -137,18 +137,21 @@ def interventions_of(mode: str) -> list | None:
 def fused_setting(mode: str):
     """`<mode>@unfused`: the same guard with its edits as an SDPA bias (no FlexAttention);
     `<mode>@kernel` / `<mode>@nokernel`: with / without the fused Triton decoding kernel
-    (`attention.DECODE_KERNEL` "auto" / "off")."""
-    previous = attention.FUSED_SCORE_MODS, attention.DECODE_KERNEL
+    (`attention.DECODE_KERNEL` "auto" / "off"); `<mode>@jitlaunch`: the kernel launched through
+    Triton's own path every time (`triton_launch.ENABLED` off)."""
+    previous = attention.FUSED_SCORE_MODS, attention.DECODE_KERNEL, triton_launch.ENABLED
     if mode.endswith("@unfused"):
         attention.FUSED_SCORE_MODS = "off"
     elif mode.endswith("@kernel"):
         attention.DECODE_KERNEL = "auto"
     elif mode.endswith("@nokernel"):
         attention.DECODE_KERNEL = "off"
+    elif mode.endswith("@jitlaunch"):
+        triton_launch.ENABLED = False
     try:
         yield
     finally:
-        attention.FUSED_SCORE_MODS, attention.DECODE_KERNEL = previous
+        attention.FUSED_SCORE_MODS, attention.DECODE_KERNEL, triton_launch.ENABLED = previous
 
 
 def run_generate(model, inputs, mode, new_tokens, cache) -> tuple[float, int, torch.Tensor]:

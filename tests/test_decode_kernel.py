@@ -340,3 +340,34 @@ def test_a_failing_kernel_in_auto_mode_warns_once_and_the_bias_path_serves(monke
         monkeypatch.setattr(attention.dk, "decode_attention", broken)
         monkeypatch.setattr(attention, "DECODE_KERNEL", "on")
         lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None)]).generate(IMAGES, PROMPTS, max_new_tokens=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [AMPLIFY, REDISTRIBUTE])
+def test_direct_launches_equal_tritons_own_as_a_dynamic_cache_grows(mode, monkeypatch):
+    """Eager steps over 16 growing key lengths (every residue mod 16, a fresh cache tensor each
+    step as a dynamic cache makes), masked and unmasked, bf16: the cached direct launch
+    (`lvlm_guard.triton_launch`) gives bit-identical outputs to Triton's own launch path."""
+    from lvlm_guard import triton_launch
+
+    heads, d, prompt = 32, 128, 640
+    gen = torch.Generator().manual_seed(20 + mode)
+    spec = DecodeKernel(mode, alpha=0.5, p=0.6, rho=1.0, summ=0.0)
+    sinks = torch.zeros(2, prompt, dtype=torch.bool, device="cuda")
+    sinks[:, [0, 30, 100, 101, 300]] = True
+    main_kernel = decode_kernel._EAGER_KERNELS[0]
+    for k_len in range(prompt, prompt + 16):
+        q = torch.randn(2, heads, 1, d, generator=gen).cuda().bfloat16()
+        k = torch.randn(2, heads, k_len, d, generator=gen).cuda().bfloat16()
+        v = torch.randn(2, heads, k_len, d, generator=gen).cuda().bfloat16()
+        image = torch.zeros(2, k_len, dtype=torch.bool, device="cuda")
+        image[:, 35:611] = True
+        allowed = torch.ones(2, 1, 1, k_len, dtype=torch.bool, device="cuda")
+        allowed[1, ..., :30] = False
+        for mask in (allowed, None):
+            outputs = []
+            for enabled in (True, True, False):  # first call fills the cache, second launches directly
+                monkeypatch.setattr(triton_launch, "ENABLED", enabled)
+                outputs.append(decode_attention(q, k, v, mask, image, spec, sinks, d**-0.5))
+            assert torch.equal(outputs[1], outputs[2]) and torch.equal(outputs[0], outputs[2])
+    assert main_kernel.compiled and not main_kernel.failed
