@@ -3,6 +3,9 @@
 # under 10 minutes each (results and logs under OUT):
 #   bash scripts/gpu_speed_round.sh static OUT   # the kernel's GPU tests and knobs; static cache + compile, b1 and b8
 #   bash scripts/gpu_speed_round.sh dynamic OUT  # dynamic cache b1 and b8, prefill latency, a profile of static b8
+#   bash scripts/gpu_speed_round.sh launch OUT   # the kernel's GPU tests; dynamic-cache PAI with the direct
+#                                                # Triton launch and without; prefill latency; decoding-step
+#                                                # profile of static b8 (plain, VAR, VHR)
 # 256 new tokens, as the brief's anchor (plain HF generate ~26 tok/s, static + compile ~117 on an H100).
 set -uo pipefail
 PART=${1:?static or dynamic}
@@ -16,6 +19,13 @@ if [ "$PART" = static ]; then
     timeout 400 python scripts/bench_overhead.py --caches static --batch-sizes 8,1 --modes $MODES \
         --skip-prefill --new-tokens 256 --reps 3 --out "$OUT/bench_static.json" 2>&1 \
         | grep -v Warning | tee "$OUT/bench_static.log"
+elif [ "$PART" = launch ]; then
+    timeout 130 python -m pytest -q -m gpu tests/test_decode_kernel.py 2>&1 | tail -8 | tee "$OUT/gpu_tests.log"
+    timeout 250 python scripts/bench_overhead.py --caches dynamic --batch-sizes 1,8 --modes plain pai pai@jitlaunch \
+        --prefill-modes $MODES --new-tokens 256 --warm-tokens 32 --reps 3 --out "$OUT/bench_dynamic_pai.json" 2>&1 \
+        | grep -v Warning | tee "$OUT/bench_dynamic_pai.log"
+    timeout 190 python scripts/profile_decode.py --cache static --batch 8 --modes plain var vhr --new-tokens 32 \
+        --out "$OUT/profile_static_b8.json" 2>&1 | grep -v Warning | tee "$OUT/profile_static_b8.log"
 else
     timeout 300 python scripts/bench_overhead.py --caches dynamic --batch-sizes 1,8 --modes $MODES \
         --prefill-modes $MODES --new-tokens 256 --warm-tokens 32 --reps 3 --out "$OUT/bench_dynamic.json" 2>&1 \

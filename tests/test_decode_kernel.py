@@ -371,3 +371,66 @@ def test_direct_launches_equal_tritons_own_as_a_dynamic_cache_grows(mode, monkey
                 outputs.append(decode_attention(q, k, v, mask, image, spec, sinks, d**-0.5))
             assert torch.equal(outputs[1], outputs[2]) and torch.equal(outputs[0], outputs[2])
     assert main_kernel.compiled and not main_kernel.failed
+
+
+@pytest.mark.parametrize("mode", [AMPLIFY, REDISTRIBUTE])
+def test_several_16_bit_rows_go_through_the_row_block_kernel(mode):
+    """16-bit prefill rows (20: a full block of 16 and a partial one) take `_rows_attention_kernel`
+    (matrix products over blocks of rows); against the float64 references and the per-row kernel.
+    float16: Triton's CPU interpreter multiplies bfloat16 matrices wrongly (bf16 runs in the GPU
+    test of prefill rows)."""
+    q, k, v, allowed, image, sinks = _inputs(6, torch.float16)
+    rows = 20
+    q = (torch.randn(B, H, rows, D, generator=torch.Generator().manual_seed(7)) * 2).to(q)
+    positions = torch.arange(K - rows, K)
+    causal = torch.arange(K)[None, :] <= positions[:, None]
+    allowed = (allowed[:, :, :1] & causal.to(allowed.device)[None, None]).contiguous()
+    apply = torch.ones(B, rows, dtype=torch.bool, device=q.device)
+    apply[1, :9] = False
+    spec = DecodeKernel(mode, alpha=0.6, p=0.4, rho=1.0, summ=0.0)
+    calls = []
+    rows_kernel = decode_kernel._EAGER_KERNELS[2]
+    original = type(rows_kernel).__call__
+
+    def spy(self, grid, *args):
+        calls.append((self is rows_kernel, grid))
+        return original(self, grid, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(rows_kernel), "__call__", spy)
+        out = decode_attention(q, k, v, allowed, image, spec, sinks, SCALING, apply=apply)
+    assert calls == [(True, (B * H * 2, 1))]
+    if mode == AMPLIFY:
+        expected = _pai_reference(q, k, v, allowed, image, 0.6, apply)
+    else:
+        expected = _var_reference(q, k, v, allowed, image, sinks, 0.4, 1.0, 0.0, apply)
+    torch.testing.assert_close(out.transpose(1, 2).double(), expected, rtol=2e-2, atol=2e-2)
+    per_row = torch.cat(
+        [decode_attention(q[:, :, i : i + 1], k, v, allowed[:, :, i : i + 1], image, spec, sinks, SCALING,
+                          apply=apply[:, i : i + 1]) for i in range(rows)], dim=1,
+    )  # fmt: skip
+    torch.testing.assert_close(out.float(), per_row.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_constexprs_reach_each_kernel_in_its_parameter_order(monkeypatch):
+    """A cached direct launch passes constexprs by position: the order `_launch` builds them in
+    must be each kernel's parameter order (decode, split + combine, and row-block launches)."""
+    from lvlm_guard.triton_launch import CachedLaunch
+
+    seen = []
+    original = CachedLaunch.__call__
+
+    def record(self, grid, tensors, ints, floats, constexprs, options):
+        names = list(self.kernel.arg_names)
+        assert names[-len(constexprs) :] == list(constexprs)
+        assert len(names) == len(tensors) + len(ints) + len(floats) + len(constexprs)
+        seen.append(names[0])
+        return original(self, grid, tensors, ints, floats, constexprs, options)
+
+    monkeypatch.setattr(CachedLaunch, "__call__", record)
+    q, k, v, allowed, image, sinks = _inputs(8, torch.float16)
+    spec = DecodeKernel(REDISTRIBUTE, p=0.5)
+    decode_attention(q, k, v, allowed, image, spec, sinks, SCALING)
+    decode_attention(q, k, v, allowed, image, spec, sinks, SCALING, 3)
+    decode_attention(q.expand(B, H, 17, D), k, v, None, image, spec, sinks, SCALING)
+    assert seen == ["Q", "Q", "OUT", "Q"]
