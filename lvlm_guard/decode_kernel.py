@@ -5,9 +5,10 @@ Why: eager decoding of a 7B model is bound by kernel launches (~39 tok/s against
 and the bias path costs PAI ~7 and VAR ~34 extra launches per edited layer
 (evals/results/var_vhr/README.md). Here the edited attention of one decoding step is one launch
 (eager) or two (compiled: key splits, then a combining kernel); at prefill the edited rows (VAR's
-rows after the image, PAI's last prompt row) are one launch written over the stock output. Each
-program streams one (sequence, head, query row)'s keys once, reading q, K, V and the
-image/sink/allowed masks directly:
+rows after the image, PAI's last prompt row) are one launch written over the stock output, several
+16-bit rows in blocks of 16 per (sequence, head) (`_rows_attention_kernel`: each key block read once
+per block, not once per row). Each decoding program streams one (sequence, head, query row)'s keys
+once, reading q, K, V and the image/sink/allowed masks directly:
 PAI's online softmax of `s + alpha * |s|` on image keys, or VAR's online softmax with three key
 groups kept apart (sinks, non-sink image keys, the rest).
 

@@ -10,7 +10,10 @@ calls, each variant compiled as the static-cache decode would compile it):
     AMPLIFY and REDISTRIBUTE modes, through the `triton_op` a compiled decode traces.
 Times are kernel times (CUDA-graph replay), microseconds. Eager decoding pays the Python side too:
 `eager_*` rows time one eager call of the plain SDPA, the bias path and the Triton launch
-(host wall clock, synchronised, median). Writes JSON to --out.
+(host wall clock, synchronised, median); `host_*` rows time calls issued back to back (one sync
+per 100), which is the host's cost of a call where, as in eager decoding, the kernel is shorter
+than its launch; `triton_pai_jitlaunch` launches through Triton's own path every time (no
+`lvlm_guard.triton_launch` cache). Writes JSON to --out.
 
     python scripts/bench_decode_attention.py --out evals/results/bench_decode_attention.json
 """
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 
 from lvlm_guard import attention_math as am
 from lvlm_guard import decode_kernel as dk
+from lvlm_guard import triton_launch
 
 HEADS, HEAD_DIM, IMAGE = 32, 128, (5, 581)
 
@@ -120,6 +124,37 @@ def time_eager(fn, inputs, calls: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def time_host(fn, inputs, calls: int, batch_calls: int = 100) -> float:
+    """Median microseconds per call over batches of back-to-back eager calls (host-bound rate)."""
+    import statistics
+    import time
+
+    for _ in range(10):
+        fn(*inputs)
+    torch.cuda.synchronize()
+    per_call = []
+    for _ in range(max(calls // batch_calls, 5)):
+        start = time.perf_counter()
+        for _ in range(batch_calls):
+            fn(*inputs)
+        torch.cuda.synchronize()
+        per_call.append((time.perf_counter() - start) / batch_calls * 1e6)
+    return statistics.median(per_call)
+
+
+def jit_launched(fn):
+    """`fn` with every Triton launch through `JITFunction.run` (the direct-launch cache off)."""
+
+    def run(*inputs):
+        previous, triton_launch.ENABLED = triton_launch.ENABLED, False
+        try:
+            return fn(*inputs)
+        finally:
+            triton_launch.ENABLED = previous
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -147,6 +182,11 @@ def main() -> None:
         for name in ("sdpa", "sdpa_bias", "triton_pai", "triton_var"):
             row[f"eager_{name}"] = time_eager(variants([])[name], inputs, args.calls)
             print(f"b{batch} eager_{name:34s} {row[f'eager_{name}']}", flush=True)
+        eager = variants([])
+        eager["triton_pai_jitlaunch"] = jit_launched(eager["triton_pai"])
+        for name in ("sdpa", "triton_pai", "triton_pai_jitlaunch", "triton_var"):
+            row[f"host_{name}"] = time_host(eager[name], inputs, args.calls)
+            print(f"b{batch} host_{name:35s} {row[f'host_{name}']}", flush=True)
         results["rows"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))
