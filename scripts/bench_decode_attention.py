@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
     parser.add_argument("--key-len", type=int, default=685, help="static cache: 621 prompt + 64 new tokens")
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--only", nargs="+", help="time only these compiled variants (e.g. sdpa triton_pai)")
     parser.add_argument(
         "--options",
         type=json.loads,
@@ -174,6 +175,8 @@ def main() -> None:
         inputs = decode_inputs(batch, args.key_len)
         row = {"batch": batch}
         for name, fn in variants(args.options).items():
+            if args.only and name not in args.only:
+                continue
             try:
                 row[name] = time_variant(fn, inputs, args.calls)
             except Exception as error:  # an option the kernel rejects
