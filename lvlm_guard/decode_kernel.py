@@ -92,6 +92,17 @@ if TRITON_AVAILABLE:
         return n, valid, s, image, sink
 
     @triton.jit
+    def _groups(w, image, sink, AXIS: tl.constexpr):
+        """A key block's weights split into VAR's groups (the rest, sinks, free image keys) and the
+        block's masses of text sinks, free image keys and visual sinks, summed over `AXIS` (the
+        keys). `image` and `sink` broadcast against `w`: one row's `[keys]` or a block of rows'."""
+        w_sink = tl.where(sink, w, 0.0)
+        w_free = tl.where(image & ~sink, w, 0.0)
+        text_sinks = tl.sum(tl.where(image, 0.0, w_sink), axis=AXIS)
+        visual_sinks = tl.sum(tl.where(image, w_sink, 0.0), axis=AXIS)
+        return w - w_sink - w_free, w_sink, w_free, text_sinks, tl.sum(w_free, axis=AXIS), visual_sinks
+
+    @triton.jit
     def _finish(rest, text_sinks, free, visual_sinks, acc_rest, acc_sink, acc_free, p, rho, summ,
                 MODE: tl.constexpr):  # fmt: skip
         """The output row from its group sums (all relative to one running maximum).
@@ -186,12 +197,10 @@ if TRITON_AVAILABLE:
                 w_sink = tl.zeros([BLOCK_N], dtype=tl.float32)
                 w_free = w_sink
             else:
-                w_sink = tl.where(sink, w, 0.0)
-                w_free = tl.where(image & ~sink, w, 0.0)
-                w_rest = w - w_sink - w_free
-                text_sinks = text_sinks * correction + tl.sum(tl.where(image, 0.0, w_sink), axis=0)
-                free = free * correction + tl.sum(w_free, axis=0)
-                visual_sinks = visual_sinks * correction + tl.sum(tl.where(image, w_sink, 0.0), axis=0)
+                w_rest, w_sink, w_free, block_text, block_free, block_visual = _groups(w, image, sink, 0)
+                text_sinks = text_sinks * correction + block_text
+                free = free * correction + block_free
+                visual_sinks = visual_sinks * correction + block_visual
             rest = rest * correction + tl.sum(w_rest, axis=0)
             if DOT_VALUES:
                 weights = tl.where(group_row == 0, w_rest[None, :], 0.0)
@@ -292,12 +301,12 @@ if TRITON_AVAILABLE:
                 w_rest = w
             else:
                 sink = tl.load(SINKS + b * s_sb + n * s_sn, mask=n < n_sink_keys, other=0) != 0
-                w_sink = tl.where(sink[None, :], w, 0.0)
-                w_free = tl.where((image & ~sink)[None, :], w, 0.0)
-                w_rest = w - w_sink - w_free
-                text_sinks = text_sinks * correction + tl.sum(tl.where(image[None, :], 0.0, w_sink), axis=1)
-                free = free * correction + tl.sum(w_free, axis=1)
-                visual_sinks = visual_sinks * correction + tl.sum(tl.where(image[None, :], w_sink, 0.0), axis=1)
+                w_rest, w_sink, w_free, block_text, block_free, block_visual = _groups(
+                    w, image[None, :], sink[None, :], 1
+                )
+                text_sinks = text_sinks * correction + block_text
+                free = free * correction + block_free
+                visual_sinks = visual_sinks * correction + block_visual
                 acc_sink = acc_sink * correction[:, None] + tl.dot(w_sink.to(v.dtype), v)
                 acc_free = acc_free * correction[:, None] + tl.dot(w_free.to(v.dtype), v)
             rest = rest * correction + tl.sum(w_rest, axis=1)
