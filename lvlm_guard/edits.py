@@ -159,9 +159,14 @@ class HeadOutputEdit:
 
 @dataclass(frozen=True)
 class HiddenStateEdit:
-    """Change the hidden states a decoder layer outputs: `fn(layer, state, h[b, q, D]) -> h`."""
+    """Change the hidden states a decoder layer outputs: `fn(layer, state, h[b, q, D]) -> h`.
+
+    `prefill_only`: the edit reads or changes multi-token forwards only (VAR records its sink
+    tokens there). Its hook is then absent from decoding steps, where a compiled step would
+    otherwise trace it and check its Python state on every call."""
 
     fn: Callable[[int, GuardState, torch.Tensor], torch.Tensor]
+    prefill_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class Guard:
         self._handles: list = []
         self._attached = False
         self._original_attn: str | None = None
+        self._prefill_handles: list = []  # hooks of `prefill_only` hidden-state edits, while present
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
@@ -88,13 +89,18 @@ class Guard:
                 setattr(
                     self.adapter.attention(layer), LAYER_ATTR, LayerAttention(layer, edits, self.state, spec.num_heads)
                 )
-            self._handles.append(self.model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
+            # run eagerly: compiled, it is a frame of its own whose guards are checked on every
+            # decoding step (~0.5 ms of host time on our CPU), for a hook that returns at once there
+            on_forward = torch.compiler.disable(self._on_model_forward)
+            self._handles.append(self.model.register_forward_pre_hook(on_forward, with_kwargs=True))
             for layer, edits in self.plan.head_outputs.items():
                 hook = self._head_output_hook(layer, edits)
                 self._handles.append(self.adapter.o_proj(layer).register_forward_pre_hook(hook))
             for layer, edits in self.plan.hidden_states.items():
-                hook = self._hidden_state_hook(layer, edits)
-                self._handles.append(self.adapter.decoder_layers[layer].register_forward_hook(hook))
+                always = [edit for edit in edits if not edit.prefill_only]
+                if always:
+                    hook = self._hidden_state_hook(layer, always)
+                    self._handles.append(self.adapter.decoder_layers[layer].register_forward_hook(hook))
             if self.plan.token_exit is not None:
                 from lvlm_guard.token_exit_hooks import TokenExitHooks
 
@@ -115,6 +121,7 @@ class Guard:
         self._attached = False
 
     def _remove_hooks(self) -> None:
+        self._set_prefill_hooks(False)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -129,6 +136,22 @@ class Guard:
             delattr(self.model, MODEL_ATTR)
         self.state.set_image_keys(None)
         self.state.prompt_ids = None
+
+    def _set_prefill_hooks(self, present: bool) -> None:
+        """Install the `prefill_only` hidden-state hooks for a multi-token forward, remove them
+        for a decoding step (see `HiddenStateEdit`)."""
+        if present == bool(self._prefill_handles):
+            return
+        if not present:
+            for handle in self._prefill_handles:
+                handle.remove()
+            self._prefill_handles.clear()
+            return
+        for layer, edits in self.plan.hidden_states.items():
+            prefill = [edit for edit in edits if edit.prefill_only]
+            if prefill:
+                hook = self._hidden_state_hook(layer, prefill)
+                self._prefill_handles.append(self.adapter.decoder_layers[layer].register_forward_hook(hook))
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -189,6 +212,9 @@ class Guard:
         if self.state.suspended:
             return None
         input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        tokens = input_ids.shape[1] if input_ids is not None else embeds.shape[1] if embeds is not None else None
+        self._set_prefill_hooks(tokens != 1)
         if input_ids is None or input_ids.shape[1] == 1:
             return None
         past = forward_cache(kwargs)

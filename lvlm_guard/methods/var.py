@@ -131,7 +131,8 @@ class VAR(Intervention):
                 rows="after_image", logit_bias=partial(_redistribution_bias, self), decode_kernel=kernel
             )
             plan.attention[layer] = [edit]
-            plan.hidden_states[layer - 1] = [HiddenStateEdit(partial(_record_sinks, self, layers, layer))]
+            record = partial(_record_sinks, self, layers, layer)
+            plan.hidden_states[layer - 1] = [HiddenStateEdit(record, prefill_only=True)]
         return plan
 
     def on_attach(self, guard) -> None:
