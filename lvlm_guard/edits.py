@@ -149,6 +149,10 @@ class HeadOutputs:
 class HeadOutputEdit:
     """Change per-head attention outputs before `o_proj`.
 
+    Applied by the guard's attention function to its own output (`[b, q, h, d]`, what `o_proj`
+    receives after a reshape), not by a hook on `o_proj`: a module hook slows every eager call of
+    the module and adds checks to every compiled decoding step.
+
     `fn(ctx, x)` gets `x: [b, q, h, d]` for the selected heads (all when None) and returns the
     same shape.
     """

@@ -21,7 +21,7 @@ from torch import nn
 
 from lvlm_guard.attention import GUARDED, LAYER_ATTR, LayerAttention, register_guarded_attention
 from lvlm_guard.cache_compat import forward_cache
-from lvlm_guard.edits import HeadOutputEdit, HeadOutputs, HiddenStateEdit, InterventionPlan
+from lvlm_guard.edits import HiddenStateEdit, InterventionPlan
 from lvlm_guard.errors import GuardStateError, InterventionConfigError
 from lvlm_guard.inputs import ImageLike, images_per_prompt
 from lvlm_guard.methods.base import Intervention
@@ -86,16 +86,13 @@ class Guard:
             spec = self.adapter.spec
             for layer in range(spec.num_layers):
                 edits = self.plan.attention.get(layer, [])
-                setattr(
-                    self.adapter.attention(layer), LAYER_ATTR, LayerAttention(layer, edits, self.state, spec.num_heads)
-                )
+                head_edits = self.plan.head_outputs.get(layer, [])
+                layer_attention = LayerAttention(layer, edits, self.state, spec.num_heads, head_edits)
+                setattr(self.adapter.attention(layer), LAYER_ATTR, layer_attention)
             # run eagerly: compiled, it is a frame of its own whose guards are checked on every
             # decoding step (~0.5 ms of host time on our CPU), for a hook that returns at once there
             on_forward = torch.compiler.disable(self._on_model_forward)
             self._handles.append(self.model.register_forward_pre_hook(on_forward, with_kwargs=True))
-            for layer, edits in self.plan.head_outputs.items():
-                hook = self._head_output_hook(layer, edits)
-                self._handles.append(self.adapter.o_proj(layer).register_forward_pre_hook(hook))
             for layer, edits in self.plan.hidden_states.items():
                 always = [edit for edit in edits if not edit.prefill_only]
                 if always:
@@ -233,26 +230,6 @@ class Guard:
             for item in self.interventions:
                 item.on_prefill(self, input_ids, kwargs.get("attention_mask"))
         return None
-
-    def _head_output_hook(self, layer: int, edits: list[HeadOutputEdit]):
-        spec = self.adapter.spec
-        state = self.state
-
-        def hook(module, args):
-            if not state.active:
-                return None
-            x = args[0]
-            heads_view = x.view(*x.shape[:-1], spec.num_heads, spec.head_dim)  # [b, q, h, d]
-            ctx = HeadOutputs(layer=layer, state=state)
-            for edit in edits:
-                if edit.heads is None:
-                    heads_view = edit.fn(ctx, heads_view)
-                else:
-                    idx = torch.tensor(edit.heads, device=x.device)
-                    heads_view = heads_view.index_copy(2, idx, edit.fn(ctx, heads_view.index_select(2, idx)))
-            return (heads_view.reshape(x.shape), *args[1:])
-
-        return hook
 
     def _hidden_state_hook(self, layer: int, edits: list[HiddenStateEdit]):
         state = self.state
