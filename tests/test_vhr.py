@@ -56,7 +56,7 @@ def test_alpha_one_is_the_plain_model_and_vhr_changes_only_generating_rows():
     assert torch.equal(plain, same)
     assert torch.equal(plain[:, :-1], reinforced[:, :-1])  # rows before the generating one: untouched
     assert not torch.allclose(plain[:, -1], reinforced[:, -1])
-    picked = torch.stack(list(scales.values())) == 2.0  # [layers, b, h]
+    picked = torch.stack(list(scales.values())).flatten(2) == 2.0  # [layers, b, h]
     assert picked.any() and (picked.float().mean(-1) <= 0.5).all()
 
 

@@ -32,7 +32,7 @@ from lvlm_guard.methods.base import Intervention, layer_range, register_method
 from lvlm_guard.models.base import ModelSpec
 
 NO_IMAGE = "vhr.image_free_heads"  # scratch[NO_IMAGE][layer]: [b, h, d] head outputs without the image
-#: scratch[SCALE][layer]: [b, h] multiplier (alpha on vision-aware heads, else 1), in a LayerTensors
+#: scratch[SCALE][layer]: [b, 1, h, 1] multiplier (alpha on vision-aware heads, else 1), in a LayerTensors
 SCALE = "vhr.head_scale"
 VHD = "vhr.divergence"  # scratch[VHD][layer]: [b, h] the measured divergences (diagnostics)
 
@@ -46,29 +46,32 @@ def vision_aware_heads(divergence: torch.Tensor) -> torch.Tensor:
 
 
 def _reinforce(config: VHR, layers: tuple[int, ...], ctx: HeadOutputs, heads: torch.Tensor) -> torch.Tensor:
-    """Head outputs `[b, q, h, d]` of one layer: measure VHD at the prompt's last row, scale."""
+    """Head outputs `[b, q, h, d]` of one layer: measure VHD at the prompt's last row, scale.
+
+    The scales are kept shaped `[b, 1, h, 1]`: a decoding step (eager decoding is bound by host
+    time) then costs one lookup and one multiplication per layer."""
     state = ctx.state
     scales = state.scratch.get(SCALE)
+    q_len = heads.shape[1]
+    if q_len == 1:  # a decoding step: this prompt's scales
+        scale = None if scales is None else scales.get(ctx.layer)
+        return heads if scale is None else heads * scale
     if scales is None:
         scales = state.scratch[SCALE] = LayerTensors(layers)
-    q_len = heads.shape[1]
     last_prompt_row = state.prompt_len - 1 - state.query_offset
-    if q_len > 1 and 0 <= last_prompt_row < q_len:  # the prefill (or a recomputation) of this prompt
+    if 0 <= last_prompt_row < q_len:  # the prefill (or a recomputation) of this prompt
         image_free = state.scratch.get(NO_IMAGE, {}).get(ctx.layer)
         if image_free is None:
             return heads
         divergence = (heads[:, last_prompt_row].float() - image_free.float()).norm(dim=-1)  # [b, h]
         state.scratch.setdefault(VHD, {})[ctx.layer] = divergence
         selected = vision_aware_heads(divergence)
-        scales[ctx.layer] = torch.where(selected, config.alpha, 1.0).to(heads.dtype)
+        scales[ctx.layer] = torch.where(selected, config.alpha, 1.0).to(heads.dtype)[:, None, :, None]
     scale = scales.get(ctx.layer)
     if scale is None:
         return heads
-    if q_len == 1:
-        return heads * scale[:, None, :, None]
     rows = torch.arange(q_len, device=heads.device) >= last_prompt_row  # the generating rows
-    factor = torch.where(rows[None, :, None], scale[:, None, :], torch.ones_like(scale[:, None, :]))
-    return heads * factor[..., None]
+    return heads * torch.where(rows[None, :, None, None], scale, torch.ones_like(scale))
 
 
 @register_method
