@@ -94,7 +94,7 @@ def main() -> None:
             f"{mode:6s} {row['host_ms_per_step']:7.3f} ms/step  ({row['host_ms_per_step_without_guard_checks']:.3f} without guard checks)"
         )
     if args.out:
-        args.out.write_text(json.dumps({"args": vars(args), "modes": rows}, indent=1))
+        args.out.write_text(json.dumps({"args": vars(args), "modes": rows}, indent=1, default=str))
 
 
 if __name__ == "__main__":
