@@ -197,3 +197,24 @@ def test_image_ends_are_right_under_left_padding_and_computed_once_per_prompt(mo
     expected = torch.stack([keys[row].nonzero().max() for row in range(keys.shape[0])])
     assert torch.equal(last, expected)
     assert first_after == int(expected.min()) + 1
+
+
+def test_sink_hooks_exist_only_during_multi_token_forwards():
+    """VAR's sink recording is prefill work: its hooks must not be traced into decoding steps."""
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, [_sinky_var(model)])
+    layers = guard.adapter.decoder_layers
+    hooks_per_forward = []  # registered after the guard's own pre-hook, so it sees what that set up
+
+    def count_hooks(module, args, kwargs):  # the guard's hooks (transformers keeps hooks of its own there)
+        hooks = [hook for layer in layers for hook in layer._forward_hooks.values()]
+        hooks_per_forward.append(sum("Guard." in getattr(hook, "__qualname__", "") for hook in hooks))
+
+    spy = model.register_forward_pre_hook(count_hooks, with_kwargs=True)
+    out = guard.generate(IMAGES, PROMPTS, max_new_tokens=3)
+    spy.remove()
+    assert len(hooks_per_forward) == 3  # the prefill and two decoding steps
+    assert hooks_per_forward[0] == len(_sinky_var(model).layers(guard.adapter.spec))
+    assert hooks_per_forward[1:] == [0, 0]
+    assert all(len(ids) == 3 for ids in out.token_ids)
+    guard.detach()

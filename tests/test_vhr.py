@@ -120,3 +120,15 @@ def test_left_packing_of_the_image_free_prompt_matches_a_row_by_row_copy():
         assert torch.equal(packed[row, width - n :], kept)
         assert torch.equal(packed[row, : width - n], torch.zeros(width - n, dtype=ids.dtype))
         assert mask[row].tolist() == [0] * (width - n) + [1] * n
+
+
+def test_head_scaling_runs_in_the_attention_function_without_module_hooks():
+    """The scaling reaches the logits (above) with no hook on any `o_proj`: eager decoding pays
+    for a hooked module's slow call path in every layer."""
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, [lg.VHR()])
+    spec = guard.adapter.spec
+    assert all(not guard.adapter.o_proj(layer)._forward_pre_hooks for layer in range(spec.num_layers))
+    layer_attention = guard.adapter.attention(0)._lvlm_guard_attention
+    assert len(layer_attention.head_edits) == 1
+    guard.detach()
