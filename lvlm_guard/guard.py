@@ -93,11 +93,7 @@ class Guard:
             # decoding step (~0.45 ms of host time in a CPU trial), for a hook that returns at once there
             on_forward = torch.compiler.disable(self._on_model_forward)
             self._handles.append(self.model.register_forward_pre_hook(on_forward, with_kwargs=True))
-            for layer, edits in self.plan.hidden_states.items():
-                always = [edit for edit in edits if not edit.prefill_only]
-                if always:
-                    hook = self._hidden_state_hook(layer, always)
-                    self._handles.append(self.adapter.decoder_layers[layer].register_forward_hook(hook))
+            self._handles.extend(self._add_hidden_state_hooks(prefill_only=False))
             if self.plan.token_exit is not None:
                 from lvlm_guard.token_exit_hooks import TokenExitHooks
 
@@ -139,16 +135,22 @@ class Guard:
         for a decoding step (see `HiddenStateEdit`)."""
         if present == bool(self._prefill_handles):
             return
-        if not present:
-            for handle in self._prefill_handles:
-                handle.remove()
-            self._prefill_handles.clear()
+        if present:
+            self._prefill_handles = self._add_hidden_state_hooks(prefill_only=True)
             return
+        for handle in self._prefill_handles:
+            handle.remove()
+        self._prefill_handles.clear()
+
+    def _add_hidden_state_hooks(self, prefill_only: bool) -> list:
+        """Hooks for the plan's hidden-state edits whose `prefill_only` is as given; their handles."""
+        handles = []
         for layer, edits in self.plan.hidden_states.items():
-            prefill = [edit for edit in edits if edit.prefill_only]
-            if prefill:
-                hook = self._hidden_state_hook(layer, prefill)
-                self._prefill_handles.append(self.adapter.decoder_layers[layer].register_forward_hook(hook))
+            chosen = [edit for edit in edits if edit.prefill_only == prefill_only]
+            if chosen:
+                hook = self._hidden_state_hook(layer, chosen)
+                handles.append(self.adapter.decoder_layers[layer].register_forward_hook(hook))
+        return handles
 
     @contextmanager
     def disabled(self) -> Iterator[None]:

@@ -24,22 +24,19 @@ class LayerTensors:
         self.slots = {layer: slot for slot, layer in enumerate(layers)}
         self.first = layers[0]
         self.stack: torch.Tensor | None = None
-        self.filled: set[int] = set()
-        self.views: dict[int, torch.Tensor] = {}
+        self.views: dict[int, torch.Tensor] = {}  # the written layers' slices of `stack`
 
     def __setitem__(self, layer: int, value: torch.Tensor) -> None:
         stale = self.stack is None or self.stack.shape[1:] != value.shape
         if layer == self.first or stale or self.stack.dtype != value.dtype or self.stack.device != value.device:
             self.stack = value.new_zeros((len(self.slots), *value.shape))
-            self.filled = set()
             self.views = {}
         slot = self.slots[layer]
         self.stack[slot] = value
-        self.filled.add(layer)
         self.views[layer] = self.stack[slot]
 
     def get(self, layer: int, default: torch.Tensor | None = None) -> torch.Tensor | None:
-        if layer not in self.filled:
+        if layer not in self.views:
             return default
         return self[layer]
 
@@ -47,20 +44,20 @@ class LayerTensors:
         """Compiled: the layer's slice taken in the graph (one input for all layers). Eager: the
         view made when the layer was written (indexing per read costs each layer of an eager
         decoding step a few microseconds of host time)."""
-        if layer not in self.filled:
+        if layer not in self.views:
             raise KeyError(layer)
         if torch.compiler.is_compiling():
             return self.stack[self.slots[layer]]
         return self.views[layer]
 
     def __contains__(self, layer: object) -> bool:
-        return layer in self.filled
+        return layer in self.views
 
     def __len__(self) -> int:
-        return len(self.filled)
+        return len(self.views)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(sorted(self.filled, key=self.slots.__getitem__))
+        return iter(sorted(self.views, key=self.slots.__getitem__))
 
     def values(self) -> list[torch.Tensor]:
         return [self[layer] for layer in self]
