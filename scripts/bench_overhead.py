@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig, LlavaForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
 
 import lvlm_guard as lg
 from lvlm_guard import attention, triton_launch
@@ -154,22 +154,48 @@ def fused_setting(mode: str):
         attention.FUSED_SCORE_MODS, attention.DECODE_KERNEL, triton_launch.ENABLED = previous
 
 
-def run_generate(model, inputs, mode, new_tokens, cache) -> tuple[float, int, torch.Tensor]:
+class StepClock(StoppingCriteria):
+    """Host time at the end of every generated token (generate asks its stopping criteria once
+    per step and syncs with the GPU there). The median interval between stamps is one decoding
+    step's time: unlike a run's mean, it holds still when the shared host stalls the process for a
+    part of a run (eager decoding is bound by host time; whole runs scatter 2x on the H200)."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None  # set by the caller when generate starts
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> bool:
+        self.stamps.append(time.perf_counter())
+        return False
+
+    def first_token(self) -> float:
+        """Seconds from the start to the first token: prefill (and any image-free branch)."""
+        return self.stamps[0] - self.started
+
+    def intervals(self) -> list[float]:
+        return [later - earlier for earlier, later in zip(self.stamps, self.stamps[1:])]
+
+
+def run_generate(model, inputs, mode, new_tokens, cache, clock: StepClock | None = None):
     """One timed generate; returns (seconds, peak bytes, generated ids)."""
     with fused_setting(mode):
-        return _run_generate(model, inputs, mode, new_tokens, cache)
+        return _run_generate(model, inputs, mode, new_tokens, cache, clock)
 
 
-def _run_generate(model, inputs, mode, new_tokens, cache) -> tuple[float, int, torch.Tensor]:
+def _run_generate(model, inputs, mode, new_tokens, cache, clock) -> tuple[float, int, torch.Tensor]:
     interventions = interventions_of(mode)
     guard = lg.attach(model, None, interventions) if interventions is not None else None
     kwargs = {"cache_implementation": "static"} if cache == "static" else {}
+    if clock is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([clock])
     if mode.startswith("pai_cfg"):
         kwargs["logits_processor"] = [contrast_processor(guard, inputs, gamma=1.1)]
     try:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
+        if clock is not None:
+            clock.started = start
         with torch.no_grad():
             out = model.generate(
                 **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **kwargs
@@ -181,6 +207,45 @@ def _run_generate(model, inputs, mode, new_tokens, cache) -> tuple[float, int, t
         if guard is not None:
             guard.detach()
     return seconds, peak, out[:, inputs["input_ids"].shape[1] :].cpu()
+
+
+def step_statistics(clocks: dict[str, list[StepClock]], mode: str, batch: int, new_tokens: int) -> dict:
+    """Robust speed of a mode from its runs' step clocks: the median decoding step, the median time
+    to the first token, and tokens/s rebuilt from the two (`first + (n - 1) * step`: what a run
+    takes when the host does not stall it; for VHR it includes the image-free branch). Ratios to
+    plain: overall, and paired (the median over rounds of plain's run against this mode's run)."""
+
+    def rate(first: float, step: float) -> float:
+        return batch * new_tokens / (first + (new_tokens - 1) * step)
+
+    def run_rate(clock: StepClock) -> float:
+        return rate(clock.first_token(), statistics.median(clock.intervals()))
+
+    runs = clocks[mode]
+    step = statistics.median(s for clock in runs for s in clock.intervals())
+    first = statistics.median(clock.first_token() for clock in runs)
+    stats = {
+        "step_ms_median": step * 1e3,
+        "step_ms_run_medians": [statistics.median(clock.intervals()) * 1e3 for clock in runs],
+        "first_token_ms_median": first * 1e3,
+        "steady_tokens_per_s": rate(first, step),
+        "step_ratio_to_plain": None,
+        "steady_ratio_to_plain": None,
+        "steady_ratio_to_plain_paired_median": None,
+    }
+    if "plain" in clocks and mode != "plain":
+        plain = clocks["plain"]
+        plain_step = statistics.median(s for clock in plain for s in clock.intervals())
+        plain_first = statistics.median(clock.first_token() for clock in plain)
+        stats["step_ratio_to_plain"] = plain_step / step
+        stats["steady_ratio_to_plain"] = stats["steady_tokens_per_s"] / rate(plain_first, plain_step)
+        stats["steady_ratio_to_plain_paired_median"] = statistics.median(
+            run_rate(m) / run_rate(p) for p, m in zip(plain, runs)
+        )
+    elif mode == "plain":
+        stats["step_ratio_to_plain"] = stats["steady_ratio_to_plain"] = 1.0
+        stats["steady_ratio_to_plain_paired_median"] = 1.0
+    return stats
 
 
 def prefill_latency(model, inputs, mode, reps: int) -> list[float]:
@@ -225,10 +290,13 @@ def bench_generation(model, args, results: dict, save) -> None:
                 print(f"[warm] {cache} b{batch} {mode}: {time.perf_counter() - start:.1f}s", flush=True)
             reps: dict[str, list[float]] = {m: [] for m in modes}
             decode_reps: dict[str, list[float]] = {m: [] for m in modes}
+            clocks: dict[str, list[StepClock]] = {m: [] for m in modes}  # each run's step times
             peaks: dict[str, int] = {}
             for _ in range(args.reps):
                 for mode in modes:
-                    seconds, peak, _ = run_generate(model, inputs, mode, args.new_tokens, cache)
+                    clock = StepClock()
+                    seconds, peak, _ = run_generate(model, inputs, mode, args.new_tokens, cache, clock)
+                    clocks[mode].append(clock)
                     reps[mode].append(batch * args.new_tokens / seconds)
                     peaks[mode] = peak
                     # prefill and the first token alone: the rest is the decoding steps' rate
@@ -258,12 +326,16 @@ def bench_generation(model, args, results: dict, save) -> None:
                     )
                     if "plain" in decode_reps
                     else None,
+                    **step_statistics(clocks, mode, batch, args.new_tokens),
                 }
                 results["generation"].append(entry)
                 print(
                     f"{cache:7s} b{batch} {mode:9s} {median:8.1f} tok/s  x{entry['ratio_to_plain'] or 0:.3f}"
                     f" (paired x{entry['ratio_to_plain_paired_median'] or 0:.3f})"
                     f"  decode only x{entry['decode_ratio_to_plain_paired_median'] or 0:.3f}"
+                    f"  step {entry['step_ms_median']:.2f} ms x{entry['step_ratio_to_plain'] or 0:.3f}"
+                    f"  steady x{entry['steady_ratio_to_plain'] or 0:.3f}"
+                    f" (paired x{entry['steady_ratio_to_plain_paired_median'] or 0:.3f})"
                     f"  peak {entry['peak_memory_gib']:.1f} GiB",
                     flush=True,
                 )

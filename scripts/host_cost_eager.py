@@ -1,0 +1,136 @@
+"""Host time of eager (dynamic-cache) decoding on the GPU, by guard mode: per step and per
+attention call.
+
+Why: eager decoding of the 7B shape is bound by host time, and the H200's shared host stalls
+whole runs (decoding steps of one mode take ~23 ms in some runs and ~40 ms in others), so
+tokens/s of a few runs cannot resolve a 5% difference. Host time inside the attention function
+is what a guard changes; it is timed call by call (`perf_counter_ns` around the registered
+function, decoding steps only), and medians over thousands of calls hold still through stalls.
+Reported per mode: median step (`StepClock`), median host microseconds per attention call, and
+the lower quartile of both (the unstalled state).
+
+    python scripts/host_cost_eager.py --modes plain pai var vhr --out host_cost_eager.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from bench_overhead import StepClock, build_model, fused_setting, interventions_of, make_inputs
+from transformers import AttentionInterface, StoppingCriteriaList
+
+import lvlm_guard as lg
+from lvlm_guard.attention import GUARDED
+
+
+class AttentionTimer:
+    """Wraps the attention functions the model looks up (stock and guarded SDPA) with a timer
+    of decoding calls (one query row)."""
+
+    names = ("sdpa", GUARDED["sdpa"])
+
+    def __init__(self) -> None:
+        self.calls_ns: list[int] = []
+        self.originals = {}
+
+    def install(self) -> None:
+        for name in self.names:
+            original = self.originals[name] = AttentionInterface._global_mapping[name]
+            AttentionInterface._global_mapping[name] = self._timed(original)
+
+    def remove(self) -> None:
+        AttentionInterface._global_mapping.update(self.originals)
+
+    def _timed(self, function):
+        calls = self.calls_ns
+
+        def timed(module, query, *args, **kwargs):
+            start = time.perf_counter_ns()
+            result = function(module, query, *args, **kwargs)
+            if query.shape[2] == 1:
+                calls.append(time.perf_counter_ns() - start)
+            return result
+
+        return timed
+
+
+def quartile(values: list[float]) -> float:
+    return statistics.quantiles(values, n=4)[0]
+
+
+def measure(model, inputs, mode: str, new_tokens: int) -> tuple[list[float], list[int]]:
+    """One generate: its decoding-step intervals (s) and attention-call host times (ns)."""
+    with fused_setting(mode):
+        interventions = interventions_of(mode)
+        guard = lg.attach(model, None, interventions) if interventions is not None else None
+        timer, clock = AttentionTimer(), StepClock()
+        timer.install()  # after attach: attaching registers the guarded function again
+        try:
+            torch.cuda.synchronize()
+            clock.started = time.perf_counter()
+            with torch.no_grad():
+                model.generate(
+                    **inputs,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    stopping_criteria=StoppingCriteriaList([clock]),
+                )
+            torch.cuda.synchronize()
+        finally:
+            timer.remove()
+            if guard is not None:
+                guard.detach()
+    return clock.intervals(), timer.calls_ns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--modes", nargs="+", default=["plain", "guard_off", "pai", "var", "vhr"])
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="4-layer model, to check the script quickly")
+    args = parser.parse_args()
+    model = build_model("cuda", smoke=args.smoke)
+    results = {"args": {k: str(v) for k, v in vars(args).items()}, "gpu": torch.cuda.get_device_name(0), "rows": []}
+    for batch in args.batch_sizes:
+        inputs = make_inputs(batch, "cuda")
+        steps = {m: [] for m in args.modes}
+        calls = {m: [] for m in args.modes}
+        for mode in args.modes:  # warm-up (Triton compiles, caches fill)
+            measure(model, inputs, mode, 16)
+        for _ in range(args.reps):  # interleaved: a stall hits every mode alike
+            for mode in args.modes:
+                s, c = measure(model, inputs, mode, args.new_tokens)
+                steps[mode] += s
+                calls[mode] += c
+        for mode in args.modes:
+            row = {
+                "batch": batch,
+                "mode": mode,
+                "step_ms_median": statistics.median(steps[mode]) * 1e3,
+                "step_ms_lower_quartile": quartile(steps[mode]) * 1e3,
+                "attention_call_us_median": statistics.median(calls[mode]) / 1e3,
+                "attention_call_us_lower_quartile": quartile(calls[mode]) / 1e3,
+                "attention_calls": len(calls[mode]),
+            }
+            results["rows"].append(row)
+            print(
+                f"b{batch} {mode:10s} step {row['step_ms_median']:6.2f} ms (q1 {row['step_ms_lower_quartile']:6.2f})"
+                f"  attention call {row['attention_call_us_median']:6.1f} us"
+                f" (q1 {row['attention_call_us_lower_quartile']:6.1f})",
+                flush=True,
+            )
+        args.out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
