@@ -25,7 +25,7 @@ from bench_overhead import StepClock, build_model, fused_setting, interventions_
 from transformers import AttentionInterface, StoppingCriteriaList
 
 import lvlm_guard as lg
-from lvlm_guard.attention import GUARDED
+from lvlm_guard.attention import GUARDED, register_guarded_attention
 
 
 class AttentionTimer:
@@ -39,6 +39,7 @@ class AttentionTimer:
         self.originals = {}
 
     def install(self) -> None:
+        register_guarded_attention()  # before any guard was attached, the guarded name is unknown
         for name in self.names:
             original = self.originals[name] = AttentionInterface._global_mapping[name]
             AttentionInterface._global_mapping[name] = self._timed(original)
