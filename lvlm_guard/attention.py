@@ -57,7 +57,10 @@ def guarded_attention_forward(module, query, key, value, attention_mask, **kwarg
     layer_attention: LayerAttention | None = getattr(module, LAYER_ATTR, None)
     if layer_attention is None:
         return stock_attention_function(module)(module, query, key, value, attention_mask, **kwargs)
-    return layer_attention(module, query, key, value, attention_mask, layer_attention.stock_for(module), **kwargs)
+    stock = layer_attention.stock_for(module)
+    if layer_attention.passthrough and layer_attention.state.taps is None:  # a layer without edits
+        return stock(module, query, key, value, attention_mask, **kwargs)
+    return layer_attention(module, query, key, value, attention_mask, stock, **kwargs)
 
 
 #: "auto" fuses from this many (sequence, head) rows per step on: below it the fused kernel is
@@ -159,6 +162,8 @@ class LayerAttention:
         self.fusable = bool(edits) and all(e.score_mod is not None and e.heads is None for e in edits)
         #: the layer's one all-head edit has a kernel form: a decoding step can run as one Triton launch
         self.kernel = edits[0].decode_kernel if len(edits) == 1 and edits[0].heads is None else None
+        #: nothing to edit in this layer: only taps could need it (eager decoding is host-bound)
+        self.passthrough = not edits and not self.head_edits
         self._index_cache: dict = {}
         self._stock: Callable | None = None
 

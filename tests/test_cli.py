@@ -23,8 +23,19 @@ def test_generate_prints_guarded_and_unguarded(saved_model, tmp_path, capsys):
     image = tmp_path / "x.png"
     Image.new("RGB", (30, 20), (200, 10, 10)).save(image)
     code = cli.main(
-        ["generate", "--model", str(saved_model), "--image", str(image), "--prompt", "what is this ?",
-         "--guard", "pai:gamma=none", "--max-new-tokens", "4"]
+        [
+            "generate",
+            "--model",
+            str(saved_model),
+            "--image",
+            str(image),
+            "--prompt",
+            "what is this ?",
+            "--guard",
+            "pai:gamma=none",
+            "--max-new-tokens",
+            "4",
+        ]
     )
     out = capsys.readouterr().out
     assert code == 0 and "unguarded:" in out and "guarded:" in out and "[pai:gamma=none]" in out

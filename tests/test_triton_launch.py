@@ -100,7 +100,24 @@ def test_a_failing_direct_launch_falls_back_to_triton_for_good(launcher):
             raise TypeError("launcher takes 9 arguments")
 
     launcher.compiled = {key: Broken() for key in launcher.compiled}
+    launcher.exact = {key: Broken() for key in launcher.exact}
     with pytest.warns(UserWarning, match="direct Triton launch failed"):
         assert _call(launcher, (x,), (16, 1)) == ["triton", "triton"]
     assert _call(launcher, (x,), (16, 1)) == ["triton", "triton", "triton"]
-    assert launcher.failed and not launcher.compiled
+    assert launcher.failed and not launcher.compiled and not launcher.exact
+
+
+def test_an_exact_repeat_launches_directly_without_classifying_its_integers(launcher, monkeypatch):
+    x = torch.zeros(64)
+    _call(launcher, (x,), (128, 2, 640))
+    _call(launcher, (x,), (144, 2, 656))  # a new length of the same classes: from the class cache
+    monkeypatch.setattr(CachedLaunch, "_key", staticmethod(lambda *args: pytest.fail("classified again")))
+    assert _call(launcher, (x,), (144, 2, 656)) == ["triton", "direct", "direct"]
+
+
+def test_the_exact_cache_is_bounded(launcher, monkeypatch):
+    monkeypatch.setattr(CachedLaunch, "max_exact", 3)
+    x = torch.zeros(64)
+    for length in range(16, 16 * 8, 16):
+        _call(launcher, (x,), (length, 2))
+    assert len(launcher.exact) <= 3 and len(launcher.compiled) == 1
