@@ -64,8 +64,9 @@ def quartile(values: list[float]) -> float:
     return statistics.quantiles(values, n=4)[0]
 
 
-def measure(model, inputs, mode: str, new_tokens: int) -> tuple[list[float], list[int]]:
-    """One generate: its decoding-step intervals (s) and attention-call host times (ns)."""
+def measure(model, inputs, mode: str, new_tokens: int) -> tuple[list[float], list[int], float]:
+    """One generate: its decoding-step intervals (s), attention-call host times (ns) and the
+    time to its first token (s; prefill, with VHR's image-free branch)."""
     with fused_setting(mode):
         interventions = interventions_of(mode)
         guard = lg.attach(model, None, interventions) if interventions is not None else None
@@ -87,7 +88,7 @@ def measure(model, inputs, mode: str, new_tokens: int) -> tuple[list[float], lis
             timer.remove()
             if guard is not None:
                 guard.detach()
-    return clock.intervals(), timer.calls_ns
+    return clock.intervals(), timer.calls_ns, clock.first_token()
 
 
 def main() -> None:
@@ -105,13 +106,15 @@ def main() -> None:
         inputs = make_inputs(batch, "cuda")
         steps = {m: [] for m in args.modes}
         calls = {m: [] for m in args.modes}
+        firsts = {m: [] for m in args.modes}
         for mode in args.modes:  # warm-up (Triton compiles, caches fill)
             measure(model, inputs, mode, 16)
         for _ in range(args.reps):  # interleaved: a stall hits every mode alike
             for mode in args.modes:
-                s, c = measure(model, inputs, mode, args.new_tokens)
+                s, c, first = measure(model, inputs, mode, args.new_tokens)
                 steps[mode] += s
                 calls[mode] += c
+                firsts[mode].append(first)
         for mode in args.modes:
             row = {
                 "batch": batch,
@@ -121,12 +124,13 @@ def main() -> None:
                 "attention_call_us_median": statistics.median(calls[mode]) / 1e3,
                 "attention_call_us_lower_quartile": quartile(calls[mode]) / 1e3,
                 "attention_calls": len(calls[mode]),
+                "first_token_ms_median": statistics.median(firsts[mode]) * 1e3,
             }
             results["rows"].append(row)
             print(
                 f"b{batch} {mode:10s} step {row['step_ms_median']:6.2f} ms (q1 {row['step_ms_lower_quartile']:6.2f})"
                 f"  attention call {row['attention_call_us_median']:6.1f} us"
-                f" (q1 {row['attention_call_us_lower_quartile']:6.1f})",
+                f" (q1 {row['attention_call_us_lower_quartile']:6.1f})  first token {row['first_token_ms_median']:6.1f} ms",
                 flush=True,
             )
         args.out.write_text(json.dumps(results, indent=1))
