@@ -230,6 +230,7 @@ def step_statistics(clocks: dict[str, list[StepClock]], mode: str, batch: int, n
         "first_token_ms_median": first * 1e3,
         "steady_tokens_per_s": rate(first, step),
         "step_ratio_to_plain": None,
+        "step_ratio_to_plain_paired_median": None,
         "steady_ratio_to_plain": None,
         "steady_ratio_to_plain_paired_median": None,
     }
@@ -238,12 +239,16 @@ def step_statistics(clocks: dict[str, list[StepClock]], mode: str, batch: int, n
         plain_step = statistics.median(s for clock in plain for s in clock.intervals())
         plain_first = statistics.median(clock.first_token() for clock in plain)
         stats["step_ratio_to_plain"] = plain_step / step
+        stats["step_ratio_to_plain_paired_median"] = statistics.median(
+            statistics.median(p.intervals()) / statistics.median(m.intervals()) for p, m in zip(plain, runs)
+        )
         stats["steady_ratio_to_plain"] = stats["steady_tokens_per_s"] / rate(plain_first, plain_step)
         stats["steady_ratio_to_plain_paired_median"] = statistics.median(
             run_rate(m) / run_rate(p) for p, m in zip(plain, runs)
         )
     elif mode == "plain":
         stats["step_ratio_to_plain"] = stats["steady_ratio_to_plain"] = 1.0
+        stats["step_ratio_to_plain_paired_median"] = 1.0
         stats["steady_ratio_to_plain_paired_median"] = 1.0
     return stats
 
@@ -334,6 +339,7 @@ def bench_generation(model, args, results: dict, save) -> None:
                     f" (paired x{entry['ratio_to_plain_paired_median'] or 0:.3f})"
                     f"  decode only x{entry['decode_ratio_to_plain_paired_median'] or 0:.3f}"
                     f"  step {entry['step_ms_median']:.2f} ms x{entry['step_ratio_to_plain'] or 0:.3f}"
+                    f" (paired x{entry['step_ratio_to_plain_paired_median'] or 0:.3f})"
                     f"  steady x{entry['steady_ratio_to_plain'] or 0:.3f}"
                     f" (paired x{entry['steady_ratio_to_plain_paired_median'] or 0:.3f})"
                     f"  peak {entry['peak_memory_gib']:.1f} GiB",
