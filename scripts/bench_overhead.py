@@ -221,9 +221,13 @@ def step_statistics(clocks: dict[str, list[StepClock]], mode: str, batch: int, n
     def run_rate(clock: StepClock) -> float:
         return rate(clock.first_token(), statistics.median(clock.intervals()))
 
+    def summary(runs: list[StepClock]) -> tuple[float, float]:
+        """(median step over all runs, median time to the first token)"""
+        step = statistics.median(s for clock in runs for s in clock.intervals())
+        return step, statistics.median(clock.first_token() for clock in runs)
+
     runs = clocks[mode]
-    step = statistics.median(s for clock in runs for s in clock.intervals())
-    first = statistics.median(clock.first_token() for clock in runs)
+    step, first = summary(runs)
     stats = {
         "step_ms_median": step * 1e3,
         "step_ms_run_medians": [statistics.median(clock.intervals()) * 1e3 for clock in runs],
@@ -234,10 +238,9 @@ def step_statistics(clocks: dict[str, list[StepClock]], mode: str, batch: int, n
         "steady_ratio_to_plain": None,
         "steady_ratio_to_plain_paired_median": None,
     }
-    if "plain" in clocks and mode != "plain":
+    if "plain" in clocks:  # plain against itself: exactly 1.0
         plain = clocks["plain"]
-        plain_step = statistics.median(s for clock in plain for s in clock.intervals())
-        plain_first = statistics.median(clock.first_token() for clock in plain)
+        plain_step, plain_first = summary(plain)
         stats["step_ratio_to_plain"] = plain_step / step
         stats["step_ratio_to_plain_paired_median"] = statistics.median(
             statistics.median(p.intervals()) / statistics.median(m.intervals()) for p, m in zip(plain, runs)
@@ -246,10 +249,6 @@ def step_statistics(clocks: dict[str, list[StepClock]], mode: str, batch: int, n
         stats["steady_ratio_to_plain_paired_median"] = statistics.median(
             run_rate(m) / run_rate(p) for p, m in zip(plain, runs)
         )
-    elif mode == "plain":
-        stats["step_ratio_to_plain"] = stats["steady_ratio_to_plain"] = 1.0
-        stats["step_ratio_to_plain_paired_median"] = 1.0
-        stats["steady_ratio_to_plain_paired_median"] = 1.0
     return stats
 
 

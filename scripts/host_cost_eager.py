@@ -21,31 +21,30 @@ import time
 from pathlib import Path
 
 import torch
-from bench_overhead import StepClock, build_model, fused_setting, interventions_of, make_inputs
-from transformers import AttentionInterface, StoppingCriteriaList
+from bench_overhead import StepClock, build_model, make_inputs, run_generate
+from transformers import AttentionInterface
 
-import lvlm_guard as lg
-from lvlm_guard.attention import GUARDED, register_guarded_attention
+from lvlm_guard import attention
 
 
 class AttentionTimer:
-    """Wraps the attention functions the model looks up (stock and guarded SDPA) with a timer
-    of decoding calls (one query row)."""
-
-    names = ("sdpa", GUARDED["sdpa"])
+    """Times the decoding calls (one query row) of the attention function the model calls: stock
+    SDPA (looked up by name), and the guard's function (registered again by every attach, so the
+    module's function itself is wrapped). The guard calls stock SDPA directly: no call counts twice."""
 
     def __init__(self) -> None:
         self.calls_ns: list[int] = []
-        self.originals = {}
+        self.originals = (AttentionInterface._global_mapping["sdpa"], attention.guarded_attention_forward)
 
-    def install(self) -> None:
-        register_guarded_attention()  # before any guard was attached, the guarded name is unknown
-        for name in self.names:
-            original = self.originals[name] = AttentionInterface._global_mapping[name]
-            AttentionInterface._global_mapping[name] = self._timed(original)
+    def __enter__(self) -> AttentionTimer:
+        AttentionInterface._global_mapping["sdpa"] = self._timed(self.originals[0])
+        attention.guarded_attention_forward = self._timed(self.originals[1])
+        attention.register_guarded_attention()
+        return self
 
-    def remove(self) -> None:
-        AttentionInterface._global_mapping.update(self.originals)
+    def __exit__(self, *exc) -> None:
+        AttentionInterface._global_mapping["sdpa"], attention.guarded_attention_forward = self.originals
+        attention.register_guarded_attention()
 
     def _timed(self, function):
         calls = self.calls_ns
@@ -67,27 +66,9 @@ def quartile(values: list[float]) -> float:
 def measure(model, inputs, mode: str, new_tokens: int) -> tuple[list[float], list[int], float]:
     """One generate: its decoding-step intervals (s), attention-call host times (ns) and the
     time to its first token (s; prefill, with VHR's image-free branch)."""
-    with fused_setting(mode):
-        interventions = interventions_of(mode)
-        guard = lg.attach(model, None, interventions) if interventions is not None else None
-        timer, clock = AttentionTimer(), StepClock()
-        timer.install()  # after attach: attaching registers the guarded function again
-        try:
-            torch.cuda.synchronize()
-            clock.started = time.perf_counter()
-            with torch.no_grad():
-                model.generate(
-                    **inputs,
-                    max_new_tokens=new_tokens,
-                    min_new_tokens=new_tokens,
-                    do_sample=False,
-                    stopping_criteria=StoppingCriteriaList([clock]),
-                )
-            torch.cuda.synchronize()
-        finally:
-            timer.remove()
-            if guard is not None:
-                guard.detach()
+    clock = StepClock()
+    with AttentionTimer() as timer:
+        run_generate(model, inputs, mode, new_tokens, "dynamic", clock)
     return clock.intervals(), timer.calls_ns, clock.first_token()
 
 

@@ -1,5 +1,6 @@
-"""`scripts/bench_overhead.py`'s step clock: the statistics that carry the eager speed figures,
-checked on made-up timestamps, and the clock on a real (tiny) generate."""
+"""The benchmark scripts' instruments: `bench_overhead.py`'s step clock (the statistics that carry
+the eager speed figures, on made-up timestamps, and the clock on a real tiny generate) and
+`host_cost_eager.py`'s attention timer."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from transformers import StoppingCriteriaList
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from bench_overhead import StepClock, step_statistics  # noqa: E402
+from host_cost_eager import AttentionTimer  # noqa: E402
 
 
 def _clock(first: float, steps: list[float]) -> StepClock:
@@ -43,23 +45,45 @@ def test_ratios_to_plain_pair_each_round_and_include_the_first_token():
     assert step_statistics({"plain": plain}, "plain", 1, 8)["steady_ratio_to_plain"] == 1.0
 
 
-def test_the_clock_stamps_every_generated_token():
+def _tiny():
     from test_guard import IMAGES, PROMPTS
     from tiny_models import tiny_llava
 
     import lvlm_guard as lg
 
     model, processor = tiny_llava()
-    inputs = lg.Guard(model, processor, []).prepare(IMAGES, PROMPTS)
+    return model, processor, lg.Guard(model, processor, []).prepare(IMAGES, PROMPTS)
+
+
+def _generate(model, inputs, new_tokens: int, **kwargs) -> None:
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **kwargs)
+
+
+def test_the_clock_stamps_every_generated_token():
+    model, _, inputs = _tiny()
     clock = StepClock()
     clock.started = 0.0
-    with torch.no_grad():
-        model.generate(
-            **inputs,
-            max_new_tokens=6,
-            min_new_tokens=6,
-            do_sample=False,
-            stopping_criteria=StoppingCriteriaList([clock]),
-        )
+    _generate(model, inputs, 6, stopping_criteria=StoppingCriteriaList([clock]))
     assert len(clock.stamps) == 6 and len(clock.intervals()) == 5
     assert all(interval > 0 for interval in clock.intervals())
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_the_attention_timer_counts_each_decoding_call_once_and_restores_the_functions(guarded):
+    from transformers import AttentionInterface
+
+    import lvlm_guard as lg
+    from lvlm_guard import attention
+
+    model, processor, inputs = _tiny()
+    before = AttentionInterface._global_mapping["sdpa"], attention.guarded_attention_forward
+    with AttentionTimer() as timer:
+        guard = lg.attach(model, processor, [lg.PAI()]) if guarded else None
+        _generate(model, inputs, 4)
+        if guard is not None:
+            guard.detach()
+    layers = model.config.text_config.num_hidden_layers
+    assert len(timer.calls_ns) == 3 * layers  # 3 decoding steps after the prefill, one call per layer
+    assert (AttentionInterface._global_mapping["sdpa"], attention.guarded_attention_forward) == before
+    assert AttentionInterface._global_mapping[attention.GUARDED["sdpa"]] is before[1]
