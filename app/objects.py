@@ -1,6 +1,6 @@
 """Objects an answer names, marked present / hallucinated / unchecked, with CHAIR's synonym table.
 
-Mentions come from `evals.chair.mentions` (the same phrase table CHAIR scores with), so the page
+Mentions come from `evals.chair.mentions` (the original CHAIR rules the metric scores with), so the page
 flags exactly what the CHAIR metric would count. Ground truth is the image's annotated COCO
 categories (CHAIR's `--ground-truth instances` rule); uploads have none, so nothing is flagged.
 """
@@ -42,13 +42,13 @@ def mark_objects(answer: str, ground_truth: Set[str] | None) -> list[MarkedObjec
             status = UNCHECKED
         else:
             status = PRESENT if mention.category in ground_truth else HALLUCINATED
-        words = re.findall(r"[a-z]+", mention.text.lower())
+        words = re.findall(r"[a-z]+", mention.surface.lower())
         pattern = r"[\s\-_/]+".join(map(re.escape, words)) + r"[a-z]*" if words else None
         found = re.compile(pattern, re.IGNORECASE).search(answer, cursor) if pattern else None
         start, end = (found.start(), found.end()) if found else (-1, -1)
         if found:
             cursor = end
-        marks.append(MarkedObject(mention.text, mention.category, status, start, end))
+        marks.append(MarkedObject(mention.surface, mention.category, status, start, end))
     return marks
 
 

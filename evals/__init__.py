@@ -9,13 +9,15 @@ to the command line. The model is any `AnswerFn(images, prompts, max_new_tokens)
 from __future__ import annotations
 
 from evals.bootstrap import MetricEstimate, bootstrap_estimates
-from evals.chair.mentions import Mention, find_mentions, mentioned_objects
+from evals.chair.mentions import Mention, caption_objects, find_mentions
 from evals.chair.metrics import CHAIR_METRICS, chair_metrics
+from evals.chair.nlp import NltkDataError
 from evals.chair.task import CHAIR_PROMPT, chair_task, ground_truth_objects
 from evals.cli import add_eval_subcommand, eval_main
 from evals.coco import CocoFiles, CocoSplit, find_split, load_split
 from evals.errors import (
     AnswerCountError,
+    CaptionsMismatchError,
     CocoFormatError,
     CocoLayoutError,
     EvalError,
@@ -27,6 +29,7 @@ from evals.errors import (
     RecordFormatError,
     ResumeMismatchError,
     UnknownPopeSplitError,
+    UnknownVocabularyError,
 )
 from evals.grid import GridResult, run_grid
 from evals.parallel import ProcessShard, current_shard
@@ -47,6 +50,7 @@ __all__ = [
     "POPE_SPLITS",
     "AnswerCountError",
     "AnswerFn",
+    "CaptionsMismatchError",
     "CocoFiles",
     "CocoFormatError",
     "CocoLayoutError",
@@ -61,6 +65,7 @@ __all__ = [
     "LazyAnswerFn",
     "Mention",
     "MetricEstimate",
+    "NltkDataError",
     "NotEnoughCategoriesError",
     "NotEnoughImagesError",
     "PopeFormatError",
@@ -70,10 +75,12 @@ __all__ = [
     "ResumeMismatchError",
     "Task",
     "UnknownPopeSplitError",
+    "UnknownVocabularyError",
     "add_eval_subcommand",
     "bootstrap_estimates",
     "build_pope_questions",
     "build_pope_splits",
+    "caption_objects",
     "chair_metrics",
     "chair_task",
     "current_shard",
@@ -83,7 +90,6 @@ __all__ = [
     "ground_truth_objects",
     "load_split",
     "markdown_table",
-    "mentioned_objects",
     "parse_yes_no",
     "parse_yes_no_official",
     "pope_metrics",

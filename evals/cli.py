@@ -19,6 +19,7 @@ processes `device=<this process's device>` is passed too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -26,8 +27,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evals.chair.task import CHAIR_MAX_NEW_TOKENS, CHAIR_NUM_IMAGES, CHAIR_PROMPT, chair_task
-from evals.coco import find_split, load_split
+from evals.chair.task import (
+    CHAIR_MAX_NEW_TOKENS,
+    CHAIR_NUM_IMAGES,
+    CHAIR_PROMPT,
+    GROUND_TRUTHS,
+    chair_task,
+    ground_truth_objects,
+)
+from evals.chair.vocabulary import VOCABULARIES
+from evals.coco import CocoSplit, find_split, load_split
 from evals.errors import EvalError, GridSpecError, UnknownPopeSplitError
 from evals.grid import run_grid
 from evals.parallel import current_shard
@@ -133,7 +142,20 @@ def add_eval_subcommand(
     _add_common_arguments(pope, POPE_MAX_NEW_TOKENS, POPE_NUM_IMAGES, root, default_split)
     pope.add_argument("--pope-file", action="append", type=Path, help="official POPE question file (repeatable)")
     pope.add_argument("--pope-splits", default=",".join(POPE_SPLITS), help="splits to build (default all three)")
-    pope.add_argument("--answer-rule", choices=sorted(ANSWER_RULES), default="ours", help="yes/no parser")
+    pope.add_argument(
+        "--answer-rule",
+        choices=sorted(ANSWER_RULES),
+        default="official",
+        help="yes/no parser: POPE evaluate.py's rule (default), or ours (see evals/pope/parse.py); "
+        "every run reports how many answers the two read differently",
+    )
+    pope.add_argument(
+        "--pope-ground-truth",
+        choices=GROUND_TRUTHS,
+        default="instances",
+        help="objects per image when building questions: instance annotations (default), or annotations "
+        "plus the objects CHAIR finds in the reference captions (how the POPE repo collected COCO's)",
+    )
 
     chair = tasks.add_parser("chair", help="CHAIR object hallucination in descriptions (Rohrbach et al., 2018)")
     _add_common_arguments(chair, CHAIR_MAX_NEW_TOKENS, CHAIR_NUM_IMAGES, root, default_split)
@@ -146,6 +168,13 @@ def add_eval_subcommand(
         help="CHAIR's union of annotations and reference captions (default), or annotations alone "
         "(for data whose annotations are complete and whose captions are noisy, like the synthetic world)",
     )
+    chair.add_argument(
+        "--vocabulary",
+        choices=sorted(VOCABULARIES),
+        default="original",
+        help="object words: CHAIR's original synonym list (default), or ours extended (not comparable "
+        "with published tables; recorded in results.json)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         return run_eval_command(args, make_answer_fn)
@@ -156,6 +185,17 @@ def add_eval_subcommand(
 
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def with_caption_objects(split: CocoSplit) -> CocoSplit:
+    """The split with each image's objects = its annotations plus what CHAIR finds in its captions."""
+    objects = {
+        image.image_id: tuple(
+            sorted(ground_truth_objects(split.objects.get(image.image_id, ()), split.captions.get(image.image_id, ())))
+        )
+        for image in split.images
+    }
+    return dataclasses.replace(split, objects=objects)
 
 
 def build_pope_task(args: argparse.Namespace, write_questions: bool) -> Task:
@@ -172,11 +212,20 @@ def build_pope_task(args: argparse.Namespace, write_questions: bool) -> Task:
         unknown = [s for s in strategies if s not in POPE_SPLITS]
         if unknown or not strategies:  # checked before the (slow) instances file is read
             raise UnknownPopeSplitError(f"--pope-splits: unknown {unknown}; choose from {', '.join(POPE_SPLITS)}")
-        question_sets = build_pope_splits(load_split(files), args.num_images, args.seed, strategies)
+        split = load_split(files, with_captions=args.pope_ground_truth == "instances+captions")
+        if split.captions:
+            split = with_caption_objects(split)
+        question_sets = build_pope_splits(split, args.num_images, args.seed, strategies)
         if write_questions:
             for strategy, questions in question_sets.items():
                 write_pope_file(questions, args.out / "questions" / f"coco_pope_{strategy}.json")
-        config = {"source": "built", "coco_split": args.split, "num_images": args.num_images, "seed": args.seed}
+        config = {
+            "source": "built",
+            "coco_split": args.split,
+            "num_images": args.num_images,
+            "seed": args.seed,
+            "ground_truth": args.pope_ground_truth,
+        }
     return pope_task(
         question_sets,
         files.image_path,
@@ -198,6 +247,8 @@ def build_chair_task(args: argparse.Namespace) -> Task:
         prompt=args.prompt,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
+        ground_truth=args.ground_truth,
+        vocabulary=args.vocabulary,
         config={"coco_split": args.split},
     )
 

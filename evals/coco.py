@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from evals.errors import CocoFormatError, CocoLayoutError
+from evals.errors import CaptionsMismatchError, CocoFormatError, CocoLayoutError
 
 #: where the instances file of split `s` may be, relative to the COCO root, in order of preference
 INSTANCES_CANDIDATES: tuple[str, ...] = (
@@ -169,10 +169,30 @@ def read_captions(path: str | Path) -> dict[int, tuple[str, ...]]:
     return {image_id: tuple(texts) for image_id, texts in captions.items()}
 
 
+def check_captions_cover(captions: Mapping[int, tuple[str, ...]], images, path: str | Path) -> None:
+    """Every image of the split has reference captions in `path` (else they belong to other images)."""
+    missing = sorted({image.image_id for image in images} - set(captions))
+    if missing:
+        share = f"{len(missing)} of {len(images)}"
+        raise CaptionsMismatchError(
+            f"{path}: no reference captions for {share} images of the split (e.g. image ids {missing[:5]}); "
+            "is it the captions file of another split?"
+        )
+
+
 def load_split(files: CocoFiles, *, with_captions: bool = False) -> CocoSplit:
     """Read a split's instances (and, for CHAIR, captions) into a `CocoSplit`."""
     if files.instances is None:
         raise CocoLayoutError(f"no instances file known for images in {files.image_dir}")
     images, categories, objects = read_instances(files.instances)
-    captions = read_captions(files.captions) if with_captions and files.captions is not None else {}
+    captions: dict[int, tuple[str, ...]] = {}
+    if with_captions:
+        if files.captions is None:
+            tried = ", ".join(p.format(split=files.image_dir.name) for p in CAPTIONS_CANDIDATES)
+            raise CocoLayoutError(
+                f"no captions file for the images in {files.image_dir} (tried {tried} under the COCO root); "
+                "pass --captions, or --ground-truth instances to use the instance annotations alone"
+            )
+        captions = read_captions(files.captions)
+        check_captions_cover(captions, images, files.captions)
     return CocoSplit(images=images, categories=categories, objects=objects, captions=captions)

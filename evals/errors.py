@@ -53,3 +53,11 @@ class RecordFormatError(EvalError, ValueError):
 
 class UnknownPopeSplitError(EvalError, ValueError):
     """A POPE negative-sampling strategy other than random, popular or adversarial."""
+
+
+class UnknownVocabularyError(EvalError, ValueError):
+    """A CHAIR vocabulary other than the original or our extended one."""
+
+
+class CaptionsMismatchError(EvalError, ValueError):
+    """A reference-captions file does not describe the images of the split it is paired with."""

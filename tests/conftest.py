@@ -10,6 +10,12 @@ from pathlib import Path
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# CHAIR's NLTK data (tokenizer, tagger, WordNet): the workplace's offline copy beside the repo, when
+# there is one and nothing else was chosen; nltk reads NLTK_DATA when it is imported.
+_NLTK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nltk_data"
+if _NLTK_DATA.is_dir():
+    os.environ.setdefault("NLTK_DATA", str(_NLTK_DATA))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -78,7 +78,7 @@ def test_check_prompt():
 
 # --- objects ----------------------------------------------------------------------------------------
 def test_mark_objects_flags_against_ground_truth_and_spans_match():
-    answer = "Two people stand near a Traffic light; a hot-dog and a car."
+    answer = "Two people stand near a Traffic light; two hot dogs and a car."
     marks = objects.mark_objects(answer, frozenset({"person", "car"}))
     assert [(m.category, m.status) for m in marks] == [
         ("person", objects.PRESENT),
@@ -86,7 +86,7 @@ def test_mark_objects_flags_against_ground_truth_and_spans_match():
         ("hot dog", objects.HALLUCINATED),
         ("car", objects.PRESENT),
     ]
-    assert [answer[m.start : m.end] for m in marks] == ["people", "Traffic light", "hot-dog", "car"]
+    assert [answer[m.start : m.end] for m in marks] == ["people", "Traffic light", "hot dogs", "car"]
     text = objects.marked_markdown(answer, marks)
     assert ":red-background[~~Traffic light~~]" in text and ":green-background[people]" in text
 

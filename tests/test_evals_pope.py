@@ -10,11 +10,12 @@ import pytest
 from evals.coco import CocoImage, CocoSplit
 from evals.errors import NotEnoughImagesError, PopeFormatError, UnknownPopeSplitError
 from evals.pope.build import build_pope_splits, question_text, sample_pope_images
-from evals.pope.files import read_pope_file, split_name_of, write_pope_file
+from evals.pope.files import PopeQuestion, read_pope_file, split_name_of, write_pope_file
 from evals.pope.metrics import confusion_counts, pope_metrics
 from evals.pope.parse import first_sentence, parse_yes_no, parse_yes_no_official
+from evals.pope.task import pope_task
 
-OFFICIAL = Path("/work/shared/data/pope")
+OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "pope"  # the workplace's copy
 
 
 @pytest.mark.parametrize(
@@ -38,6 +39,22 @@ OFFICIAL = Path("/work/shared/data/pope")
 def test_parse_yes_no(text, ours, official):
     assert parse_yes_no(text) == ours
     assert parse_yes_no_official(text) == official
+
+
+def test_pope_task_reads_answers_with_the_official_rule_by_default():
+    questions = {"random": [PopeQuestion(1, "a.jpg", "Is there a cat in the image?", "no")]}
+    answers = {"NO!": "yes", "There isn't a cat.": "yes", "Yes, but it is not large.": "no", "No.": "no"}
+    for rule, read in (
+        ("official", answers),
+        ("ours", {"NO!": "no", "There isn't a cat.": "no", "Yes, but it is not large.": "yes", "No.": "no"}),
+    ):
+        task = pope_task(questions, Path, answer_rule=rule) if rule == "ours" else pope_task(questions, Path)
+        assert task.scoring == {"answer_rule": rule}
+        item = task.items[0]
+        for text, expected in read.items():
+            score = task.score(item, text)
+            assert score.details["prediction"] == expected, (rule, text)
+            assert score.counts[-1] == float(text != "No.")  # the two rules disagree on all but "No."
 
 
 def test_first_sentence():

@@ -1,101 +1,80 @@
-"""Finding the COCO objects a caption mentions (CHAIR, Rohrbach et al., EMNLP 2018, Sec. 3).
+"""The COCO objects a caption mentions, found as the original CHAIR script finds them.
 
-Steps, each a small rule:
-1. Lower-case; hyphens become spaces ("hot-dog"); punctuation and digits are boundaries that no
-   phrase and no modifier rule reaches across ("a man, dog and cat" has no "man dog").
-2. Every word is singularised (`evals.chair.lemma`).
-3. Left to right, the longest phrase of the vocabulary that starts at a word wins, so "hot dog" is
-   a hot dog and not a dog, "teddy bear" not a bear, "dining table" one table.
-4. A singular modifier word is skipped when it only describes the next word ("glass door",
-   "orange shirt", "ski slope", "baby elephant"); see `MODIFIER_USES`. A plural ("oranges and
-   apples") is always a noun.
-5. Phrases that name no object ("flower bed") consume their words and yield nothing.
+`utils/chair.py` `CHAIR.caption_to_words` (LisaAnne/Hallucination; the nltk port in shikiw/OPERA
+`chair.py` is the one followed here, see `evals.chair.nlp`), step by step:
 
-CHAIR counts each object once per caption (`mentioned_objects`), however often or under however
-many names it is mentioned.
+1. Lower-case, `word_tokenize`, `pos_tag`, WordNet-lemmatize each token at its tag's part of speech.
+2. Left to right, two adjacent lemmas that form a double word ("hot dog", "baby bird", "toilet
+   seat") become the one word the table gives, and the scan moves past both.
+3. If the caption has both "toilet" and "seat", every "seat" is dropped ("the seat of the toilet"
+   is not a chair).
+4. Every remaining word that is in the synonym list is a mention of its category, in order; a
+   category named three times is three mentions (CHAIR_I counts each).
+
+"orange" (the colour), "glass" and the like count whenever the list has them: the original has no
+rule for words that only describe the next noun, and neither do we.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from evals.chair.lemma import singularize
-from evals.chair.vocabulary import MODIFIER_USES, MODIFIES_OBJECTS, PHRASE_TABLE
-
-_TOKEN = re.compile(r"[a-z]+|[^a-z\s]")
-_BOUNDARY = None  # placeholder token for punctuation and digits
+from evals.chair.nlp import caption_tokens
+from evals.chair.vocabulary import Vocabulary, original_vocabulary
 
 
 @dataclass(frozen=True)
 class Mention:
-    """One object mention: the words as written and the COCO category they name."""
+    """One object mention: the word as the original sees it (a lemma or a double word), the COCO
+    category it names, its index among the caption's words after double words are joined, and the
+    lower-cased token(s) as written (for highlighting)."""
 
     text: str
     category: str
-    position: int  # index of the first word among the caption's tokens
+    position: int
+    surface: str = ""
 
 
-def _tokens(text: str) -> list[tuple[str, str] | None]:
-    """(surface, singular) per word, None per punctuation mark or digit."""
-    cleaned = re.sub(r"[-_/]", " ", text.lower().replace("\u2019", "'"))
-    return [(tok, singularize(tok)) if tok.isalpha() else _BOUNDARY for tok in _TOKEN.findall(cleaned)]
-
-
-def _match(
-    tokens: list, start: int, table: Mapping[tuple[str, ...], str | None], longest: int
-) -> tuple[int, str | None]:
-    """Length and category of the longest phrase at `start` (0 when none)."""
-    for length in range(min(longest, len(tokens) - start), 0, -1):
-        window = tokens[start : start + length]
-        if any(tok is _BOUNDARY for tok in window):
-            continue
-        key = tuple(singular for _, singular in window)
-        if key in table:
-            return length, table[key]
-    return 0, None
-
-
-def _only_modifies(tokens: list, start: int, table: Mapping[tuple[str, ...], str | None], longest: int) -> bool:
-    surface, singular = tokens[start]
-    if singular not in MODIFIER_USES or surface != singular:  # plurals are nouns
-        return False
-    following = tokens[start + 1] if start + 1 < len(tokens) else _BOUNDARY
-    if following is _BOUNDARY:
-        return False
-    if following[1] in MODIFIER_USES[singular]:
-        return True
-    if singular in MODIFIES_OBJECTS:
-        length, category = _match(tokens, start + 1, table, longest)
-        return length > 0 and category is not None
-    return False
-
-
-def find_mentions(text: str, table: Mapping[tuple[str, ...], str | None] = PHRASE_TABLE) -> tuple[Mention, ...]:
-    """Every object mention in reading order (an object may appear several times)."""
-    tokens = _tokens(text)
-    longest = max(len(key) for key in table)
-    mentions: list[Mention] = []
-    i = 0
+def _joined(caption: str, vocabulary: Vocabulary | None) -> list[tuple[str, str]]:
+    """(word, surface) per word: the caption's lemmas with double words joined, left to right."""
+    table = (vocabulary or original_vocabulary()).double_words
+    tokens = caption_tokens(caption)
+    words, i = [], 0
     while i < len(tokens):
-        if tokens[i] is _BOUNDARY:
+        pair = " ".join(lemma for _, lemma in tokens[i : i + 2])
+        if pair in table:
+            words.append((table[pair], " ".join(token for token, _ in tokens[i : i + 2])))
+            i += 2
+        else:
+            words.append((tokens[i][1], tokens[i][0]))
             i += 1
-            continue
-        length, category = _match(tokens, i, table, longest)
-        if length == 0:
-            i += 1
-            continue
-        if length == 1 and _only_modifies(tokens, i, table, longest):
-            i += 1
-            continue
-        if category is not None:
-            words = " ".join(surface for surface, _ in tokens[i : i + length])
-            mentions.append(Mention(words, category, i))
-        i += length
-    return tuple(mentions)
+    return words
 
 
-def mentioned_objects(text: str, table: Mapping[tuple[str, ...], str | None] = PHRASE_TABLE) -> frozenset[str]:
-    """The COCO categories a caption mentions, each once."""
-    return frozenset(m.category for m in find_mentions(text, table))
+def caption_words(caption: str, vocabulary: Vocabulary | None = None) -> list[str]:
+    """The caption's lemmas with double words joined (the original's `double_words` list)."""
+    return [word for word, _ in _joined(caption, vocabulary)]
+
+
+def mentions_in_words(
+    words: list[str], vocabulary: Vocabulary | None = None, surfaces: list[str] | None = None
+) -> tuple[Mention, ...]:
+    """The mentions among `caption_words`' output (steps 3-4 of the module docstring)."""
+    vocabulary = vocabulary or original_vocabulary()
+    drop_seat = "toilet" in words and "seat" in words
+    return tuple(
+        Mention(word, vocabulary.synonyms[word], position, surfaces[position] if surfaces else word)
+        for position, word in enumerate(words)
+        if word in vocabulary.synonyms and not (drop_seat and word == "seat")
+    )
+
+
+def find_mentions(caption: str, vocabulary: Vocabulary | None = None) -> tuple[Mention, ...]:
+    """Every object mention of `caption`, in reading order (steps 1-4 of the module docstring)."""
+    joined = _joined(caption, vocabulary)
+    return mentions_in_words([w for w, _ in joined], vocabulary, [s for _, s in joined])
+
+
+def caption_objects(caption: str, vocabulary: Vocabulary | None = None) -> list[str]:
+    """The COCO category of every mention in `caption`, in order, as the original CHAIR finds them."""
+    return [mention.category for mention in find_mentions(caption, vocabulary)]

@@ -1,21 +1,22 @@
-"""CHAIR metrics (Rohrbach et al., EMNLP 2018, Sec. 3) and the usual companions.
+"""CHAIR metrics as the original script computes them (Rohrbach et al., EMNLP 2018, Sec. 3;
+LisaAnne/Hallucination `utils/chair.py` `compute_chair`, with shikiw/OPERA `chair.py`'s recall and
+length), from per-caption counts.
 
-Per caption, with M the set of COCO objects it mentions (each counted once) and G the image's
-ground-truth objects:
+Per caption, with M the list of its object mentions (`evals.chair.caption_objects`: one entry per
+mention, so an object named twice is there twice) and G the image's ground-truth objects (a set):
 
-    CHAIR_I = sum |M \\ G| / sum |M|           (share of mentioned objects that are hallucinated)
-    CHAIR_S = #captions with M \\ G non-empty / #captions
-    recall  = sum |M & G| / sum |G|           (share of ground-truth objects mentioned; reported
-                                              beside CHAIR by OPERA, PAI and others, so that a
-                                              model cannot win by saying less)
-    length  = mean number of words per caption (whitespace-separated)
+    CHAIR_I = sum #{m in M : m not in G} / sum |M|   (hallucinated mentions / all mentions)
+    CHAIR_S = #captions with a hallucinated mention / #captions
+    recall  = sum |set(M) & G| / sum |G|            (OPERA's addition: ground-truth objects named)
+    length  = mean number of words per caption, as the original counts them: nltk tokens,
+              punctuation included, a double word one word (OPERA's "Len" is 0.01 x this)
 
 Sums run over captions (micro-averages), so every metric is a ratio of summed per-caption counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Sequence, Set
 
 import numpy as np
 
@@ -34,17 +35,17 @@ CHAIR_METRICS: tuple[str, ...] = ("chair_s", "chair_i", "recall", "length")
 CHAIR_PERCENT_METRICS = frozenset({"chair_s", "chair_i", "recall"})
 
 
-def caption_counts(mentioned: Set[str], ground_truth: Set[str], caption: str) -> tuple[float, ...]:
-    """Counts of one caption in `CHAIR_COUNTS` order."""
-    hallucinated = mentioned - ground_truth
+def caption_counts(mentions: Sequence[str], ground_truth: Set[str], words: int) -> tuple[float, ...]:
+    """Counts of one caption in `CHAIR_COUNTS` order; `mentions` has one category per mention."""
+    hallucinated = [m for m in mentions if m not in ground_truth]
     return (
         1.0,
         float(bool(hallucinated)),
-        float(len(mentioned)),
+        float(len(mentions)),
         float(len(hallucinated)),
         float(len(ground_truth)),
-        float(len(mentioned & ground_truth)),
-        float(len(caption.split())),
+        float(len(set(mentions) & ground_truth)),
+        float(words),
     )
 
 

@@ -2,10 +2,10 @@
 
 POPE's evaluation (AoiDragon/POPE `evaluate.py`) keeps the text before the first ".", drops commas,
 splits on spaces and answers "no" if one of the words is exactly `No`, `no` or `not`; anything else,
-the empty string included, is "yes". `parse_yes_no_official` re-implements that rule literally so
-runs can be compared with published numbers.
+the empty string included, is "yes". `parse_yes_no_official` re-implements that rule literally; it
+is the default (`answer_rule="official"`), so runs compare with published numbers.
 
-`parse_yes_no` (the default) keeps POPE's shape -- first sentence, negation means "no", otherwise
+`parse_yes_no` (`answer_rule="ours"`, opt-in) keeps POPE's shape -- first sentence, negation means "no", otherwise
 "yes" -- and fixes what the literal rule gets wrong on real model output:
 
 1. A leading "yes"/"no" decides: "Yes, there is a cat, though it is not large." is yes (the literal

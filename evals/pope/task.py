@@ -43,7 +43,7 @@ def pope_items(
     return tuple(items)
 
 
-def score_pope_answer(item: EvalItem, output: str, answer_rule: str = "ours") -> ItemScore:
+def score_pope_answer(item: EvalItem, output: str, answer_rule: str = "official") -> ItemScore:
     """Confusion counts of one answer plus the two diagnostics."""
     prediction = ANSWER_RULES[answer_rule](output)
     label = item.reference["label"]
@@ -61,7 +61,7 @@ def pope_task(
     image_path: Callable[[str], Path],
     *,
     max_new_tokens: int = POPE_MAX_NEW_TOKENS,
-    answer_rule: str = "ours",
+    answer_rule: str = "official",
     limit: int | None = None,
     config: Mapping[str, Any] | None = None,
 ) -> Task:
