@@ -44,6 +44,8 @@ from evals.pope.build import POPE_NUM_IMAGES, POPE_SPLITS, build_pope_splits
 from evals.pope.files import read_pope_file, split_name_of, write_pope_file
 from evals.pope.parse import ANSWER_RULES
 from evals.pope.task import POPE_MAX_NEW_TOKENS, pope_task
+from evals.rescore import rescore_run
+from evals.table import markdown_table
 from evals.task import AnswerFn, Task
 
 MakeAnswerFn = Callable[..., AnswerFn]
@@ -136,7 +138,7 @@ def add_eval_subcommand(
     parser = subparsers.add_parser(
         "eval", help="hallucination benchmarks (POPE, CHAIR)", description="Run POPE or CHAIR, resumably."
     )
-    tasks = parser.add_subparsers(dest="eval_task", required=True, metavar="{pope,chair}")
+    tasks = parser.add_subparsers(dest="eval_task", required=True, metavar="{pope,chair,rescore}")
 
     pope = tasks.add_parser("pope", help="POPE yes/no object probing (Li et al., 2023)")
     _add_common_arguments(pope, POPE_MAX_NEW_TOKENS, POPE_NUM_IMAGES, root, default_split)
@@ -176,7 +178,16 @@ def add_eval_subcommand(
         "with published tables; recorded in results.json)",
     )
 
+    rescore = tasks.add_parser(
+        "rescore", help="score finished runs again from their records (current rules; no model needed)"
+    )
+    rescore.add_argument("runs", nargs="+", type=Path, help="run folders (holding records.jsonl, results.json)")
+    rescore.add_argument("--answer-rule", choices=sorted(ANSWER_RULES), help="POPE runs: yes/no parser")
+    rescore.add_argument("--vocabulary", choices=sorted(VOCABULARIES), help="CHAIR runs: object words")
+
     def run(args: argparse.Namespace) -> int:
+        if args.eval_task == "rescore":
+            return rescore_command(args)
         return run_eval_command(args, make_answer_fn)
 
     parser.set_defaults(func=run)
@@ -251,6 +262,21 @@ def build_chair_task(args: argparse.Namespace) -> Task:
         vocabulary=args.vocabulary,
         config={"coco_split": args.split},
     )
+
+
+def rescore_command(args: argparse.Namespace) -> int:
+    """`eval rescore RUN...`: each run's metrics before and after; 2 on a bad run folder."""
+    for run in args.runs:
+        try:
+            task = json.loads((run / "results.json").read_text(encoding="utf-8")).get("task")
+            option = {"pope": ("answer_rule", args.answer_rule), "chair": ("vocabulary", args.vocabulary)}.get(task)
+            scoring = {option[0]: option[1]} if option and option[1] is not None else {}
+            result = rescore_run(run, **scoring)
+        except (EvalError, OSError, json.JSONDecodeError) as err:
+            print(f"error: {run}: {err}", file=sys.stderr)
+            return 2
+        print(f"{run}:\n{markdown_table([result])}")
+    return 0
 
 
 def run_eval_command(args: argparse.Namespace, make_answer_fn: MakeAnswerFn) -> int:

@@ -37,7 +37,7 @@ from evals.records import RecordWriter, read_record_dir, write_records_atomicall
 from evals.results import EvalResult, environment_versions, write_json
 from evals.scoring import require_outputs, score_items, summarize
 from evals.table import markdown_table
-from evals.task import AnswerFn, EvalItem, Task
+from evals.task import AnswerFn, EvalItem, ItemScore, Task
 
 RECORDS_DIR = "records"
 
@@ -161,6 +161,19 @@ def merge_records(task: Task, out_dir: Path) -> list[dict[str, Any]]:
     return merged
 
 
+def write_outcome(
+    task: Task, scores: Sequence[ItemScore], result: EvalResult, out_dir: Path, report: Mapping[str, Any]
+) -> None:
+    """scores.jsonl (per item), results.json (`result` plus `report`) and table.md of a scored run."""
+    write_records_atomically(
+        ({"id": item.item_id, "group": item.group, "counts": dict(zip(task.count_names, s.counts)), **s.details}
+         for item, s in zip(task.items, scores)),
+        out_dir / "scores.jsonl",
+    )  # fmt: skip
+    write_json({**result.as_dict(), **report}, out_dir / "results.json")
+    (out_dir / "table.md").write_text(markdown_table([result]), encoding="utf-8")
+
+
 def run_task(
     task: Task,
     answer_fn: AnswerFn,
@@ -209,14 +222,12 @@ def run_task(
             bootstrap_samples=bootstrap_samples,
             confidence=confidence,
         )
-        write_records_atomically(
-            ({"id": item.item_id, "group": item.group, "counts": dict(zip(task.count_names, s.counts)), **s.details}
-             for item, s in zip(task.items, scores)),
-            out_dir / "scores.jsonl",
-        )  # fmt: skip
-        write_json(
+        write_outcome(
+            task,
+            scores,
+            result,
+            out_dir,
             {
-                **result.as_dict(),
                 "model": run_info.get("model"),
                 "guard": run_info.get("guard"),
                 "seed": seed,
@@ -237,9 +248,7 @@ def run_task(
                 },
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
-            out_dir / "results.json",
         )
-        (out_dir / "table.md").write_text(markdown_table([result]), encoding="utf-8")
     finally:
         shard.barrier()
     return result

@@ -132,3 +132,57 @@ def test_two_processes_equal_one(coco, tmp_path):
     assert (two / "records.jsonl").read_bytes() == (one / "records.jsonl").read_bytes()
     r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert r2["config"]["num_processes"] == 2 and r1["metrics"] == r2["metrics"]
+
+
+def test_chair_records_sampled_ids_and_vocabulary(coco, tmp_path):
+    argv = ["eval", "chair", *common(coco, tmp_path, "--num-images", "6", "--seed", "3", "--vocabulary", "extended")]
+    assert eval_main(argv, FakeFactory()) == 0
+    results = json.loads((tmp_path / "none" / "results.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "none" / "records.jsonl").read_text().splitlines()]
+    ids = results["config"]["task_config"]["image_ids"]
+    assert len(ids) == len(set(ids)) == 6 and ids == [r["reference"]["image_id"] for r in records]
+    assert results["config"]["scoring"] == {"vocabulary": "extended", "chair_i": "every mention"}
+    other_seed = ["eval", "chair", *common(coco, tmp_path / "s4", "--num-images", "6", "--seed", "4")]
+    assert eval_main(other_seed, FakeFactory()) == 0
+    ids4 = json.loads((tmp_path / "s4" / "none" / "results.json").read_text())["config"]["task_config"]["image_ids"]
+    assert sorted(ids4) != sorted(ids)  # 6 of 8 images: two seeds pick different sets
+
+
+def test_pope_ground_truth_from_captions(coco, tmp_path):
+    def questions(extra, out):
+        argv = ["eval", "pope", *common(coco, out, "--num-images", "7", "--pope-splits", "random", *extra)]
+        assert eval_main(argv, FakeFactory()) == 0
+        lines = (out / "questions" / "coco_pope_random.json").read_text().splitlines()
+        return {(q["image"], q["text"]): q["label"] for q in map(json.loads, lines)}
+
+    captions = questions(["--pope-ground-truth", "instances+captions"], tmp_path / "caps")
+    # image 7 has 2 annotated categories and a bench in its reference captions: with captions it has
+    # the 3 positives POPE asks for, and the bench is one of them
+    assert captions[("COCO_val2014_000000000007.png", "Is there a bench in the image?")] == "yes"
+    only = ["eval", "pope", *common(coco, tmp_path / "inst", "--num-images", "7", "--pope-splits", "random")]
+    assert eval_main(only, FakeFactory()) == 2  # from the annotations alone only 6 images qualify
+    results = json.loads((tmp_path / "caps" / "none" / "results.json").read_text())
+    assert results["config"]["task_config"]["ground_truth"] == "instances+captions"
+    assert results["config"]["scoring"] == {"answer_rule": "official"}
+
+
+def test_rescore_reproduces_then_applies_new_rules(coco, tmp_path):
+    argv = ["eval", "chair", *common(coco, tmp_path, "--num-images", "8")]
+    assert eval_main(argv, FakeFactory()) == 0
+    run = tmp_path / "none"
+    before = json.loads((run / "results.json").read_text())
+    assert eval_main(["eval", "rescore", str(run)], FakeFactory()) == 0
+    same = json.loads((run / "results.json").read_text())
+    assert same["metrics"] == before["metrics"] and same["rescored"]["previous_metrics"] == before["metrics"]
+    assert same["command"] == before["command"]  # what produced the outputs is kept
+    records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    for r in records:
+        r["output"] = "A mug and a mug."  # no image has a cup in every reference: ours counts mugs, the original not
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert eval_main(["eval", "rescore", str(run)], FakeFactory()) == 0
+    original = json.loads((run / "results.json").read_text())
+    assert original["counts"]["all"]["mentioned"] == 0
+    assert eval_main(["eval", "rescore", str(run), "--vocabulary", "extended"], FakeFactory()) == 0
+    extended = json.loads((run / "results.json").read_text())
+    assert extended["counts"]["all"]["mentioned"] == 16 and extended["config"]["scoring"]["vocabulary"] == "extended"
+    assert eval_main(["eval", "rescore", str(tmp_path / "nothing")], FakeFactory()) == 2

@@ -121,7 +121,7 @@ def chair_task(
     reference captions are then stored with each item."""
     if ground_truth not in GROUND_TRUTHS:
         raise ValueError(f"unknown CHAIR ground truth {ground_truth!r}; choose from {', '.join(GROUND_TRUTHS)}")
-    words = named_vocabulary(vocabulary)
+    named_vocabulary(vocabulary)  # an unknown name fails before the images are sampled
     if ground_truth == "instances+captions" and not split.captions:
         raise CocoLayoutError(
             "CHAIR's ground truth instances+captions needs the reference captions (captions_<split>.json); "
@@ -140,15 +140,26 @@ def chair_task(
         "image_ids": [item.reference["image_id"] for item in items],
         **(config or {}),
     }
+    return chair_task_from_items(items, max_new_tokens=max_new_tokens, config=settings, vocabulary=vocabulary)
+
+
+def chair_task_from_items(
+    items: tuple[EvalItem, ...],
+    *,
+    max_new_tokens: int = CHAIR_MAX_NEW_TOKENS,
+    config: Mapping[str, Any] | None = None,
+    vocabulary: str = "original",
+) -> Task:
+    """The CHAIR task over given items (built by `chair_task`, or read back from a run's records)."""
     return Task(
         name="chair",
         items=items,
         max_new_tokens=max_new_tokens,
         count_names=CHAIR_COUNTS,
-        score=partial(score_caption, vocabulary=words),
+        score=partial(score_caption, vocabulary=named_vocabulary(vocabulary)),
         metrics_from_counts=chair_metrics,
         metric_names=CHAIR_METRICS,
         percent_metrics=CHAIR_PERCENT_METRICS,
-        config=settings,
+        config=dict(config or {}),
         scoring={"vocabulary": vocabulary, "chair_i": "every mention"},  # the original's count, not once per caption
     )

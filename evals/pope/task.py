@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +67,30 @@ def pope_task(
     config: Mapping[str, Any] | None = None,
 ) -> Task:
     """POPE over the given splits; `config` (protocol settings) is recorded with the results."""
+    settings = {"max_new_tokens": max_new_tokens, "limit": limit, **(config or {})}
+    items = pope_items(question_sets, image_path, limit)
+    return pope_task_from_items(items, max_new_tokens=max_new_tokens, config=settings, answer_rule=answer_rule)
+
+
+def pope_task_from_items(
+    items: tuple[EvalItem, ...],
+    *,
+    max_new_tokens: int = POPE_MAX_NEW_TOKENS,
+    config: Mapping[str, Any] | None = None,
+    answer_rule: str = "official",
+) -> Task:
+    """The POPE task over given items (built by `pope_task`, or read back from a run's records)."""
     if answer_rule not in ANSWER_RULES:
         raise ValueError(f"unknown POPE answer rule {answer_rule!r}; choose from {', '.join(ANSWER_RULES)}")
-
-    def score(item: EvalItem, output: str) -> ItemScore:
-        return score_pope_answer(item, output, answer_rule)
-
-    settings = {"max_new_tokens": max_new_tokens, "limit": limit, **(config or {})}
     return Task(
         name="pope",
-        items=pope_items(question_sets, image_path, limit),
+        items=items,
         max_new_tokens=max_new_tokens,
         count_names=POPE_COUNTS + POPE_DIAGNOSTICS,
-        score=score,
+        score=partial(score_pope_answer, answer_rule=answer_rule),
         metrics_from_counts=_metrics,
         metric_names=POPE_METRICS,
         percent_metrics=frozenset(POPE_METRICS),
-        config=settings,
+        config=dict(config or {}),
         scoring={"answer_rule": answer_rule},
     )
