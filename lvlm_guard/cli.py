@@ -99,11 +99,15 @@ def _main_job(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from lvlm_guard.methods import available_methods
+    from lvlm_guard.methods import available_methods, method_presets
     from lvlm_guard.models import supported_architectures
 
     print("guards:", ", ".join(available_methods()))
     print("architectures:", ", ".join(supported_architectures()))
+    print("presets (chosen by the model's family with preset=auto; pick one with e.g. 'pai:preset=repo'):")
+    for name in available_methods():
+        for preset, values, families in method_presets(name):
+            print(f"  {name}:preset={preset}  [{', '.join(families) or 'by name only'}]  {values.describe()}")
     return 0
 
 
@@ -133,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--out", type=Path, default=Path("runs/main"), help="rerun with the same folder to resume")
     job.set_defaults(func=_main_job)
 
-    lst = sub.add_parser("list", help="available guards and supported architectures")
+    lst = sub.add_parser("list", help="available guards, their per-model presets and supported architectures")
     lst.set_defaults(func=_list)
 
     try:

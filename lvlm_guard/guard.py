@@ -50,8 +50,9 @@ class Guard:
                 raise InterventionConfigError(f"not an intervention: {item!r}")
         self.model = model
         self.processor = processor
-        self.interventions = list(interventions)
         self.adapter: ModelAdapter = adapter_for(model)
+        # each config with its per-model preset filled in from the loaded model's family (methods/base.py)
+        self.interventions = [item.for_family(self.adapter.family) for item in interventions]
         self.state = GuardState()
         self.plan = InterventionPlan()
         for item in self.interventions:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from lvlm_guard.methods.base import (
     Intervention,
+    Preset,
     available_methods,
     method_class,
+    method_presets,
     parse_guard_spec,
     register_method,
 )
@@ -24,6 +26,8 @@ __all__ = [
     "Intervention",
     "available_methods",
     "method_class",
+    "method_presets",
+    "Preset",
     "parse_guard_spec",
     "register_method",
 ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from lvlm_guard.edits import InterventionPlan
@@ -17,14 +18,62 @@ if TYPE_CHECKING:
     from lvlm_guard.guard import Guard
 
 
+@dataclass(frozen=True)
+class Preset:
+    """Settings a method's sources give for one model (or one code release), and where from."""
+
+    values: Mapping[str, object]  # config field -> value
+    source: str  # the paper's section/table or the official file:line the values come from
+
+    def describe(self) -> str:
+        settings = ", ".join(f"{k}={_format_value(v)}" for k, v in self.values.items())
+        return f"{settings} ({self.source})"
+
+
 class Intervention(ABC):
-    """One published method. Subclasses are frozen dataclasses of their hyperparameters."""
+    """One published method. Subclasses are frozen dataclasses of their hyperparameters.
+
+    Presets: a method whose papers give settings per model lists them in `presets` (the first one
+    serves families without one of their own) and maps adapter families to them in
+    `family_presets`. Its config then has a `preset` field ("auto": the loaded model's family
+    decides; or a preset's name) and leaves each preset-controlled field None by default. When a
+    guard is built, `for_family` fills the fields still None from the chosen preset: a value the
+    user gives always wins. `lvlm-guard list` prints the presets.
+    """
 
     name: ClassVar[str]
+    presets: ClassVar[Mapping[str, Preset]] = {}
+    family_presets: ClassVar[Mapping[str, str]] = {}  # adapter family -> preset name
 
     @abstractmethod
     def plan(self, spec: ModelSpec) -> InterventionPlan:
         """The edits for a model of this shape; raises InterventionConfigError on bad layers/heads."""
+
+    def preset_name(self, family: str | None) -> str | None:
+        """The preset a model of `family` gets (None: the method has no presets)."""
+        if not self.presets:
+            return None
+        chosen = getattr(self, "preset", "auto")
+        if chosen == "auto":
+            return self.family_presets.get(family or "", next(iter(self.presets)))
+        return chosen
+
+    def for_family(self, family: str | None) -> Intervention:
+        """This config with its preset-controlled fields that are still None filled in from the
+        preset for `family` (None: the default preset). Idempotent; explicit values are kept."""
+        name = self.preset_name(family)
+        if name is None:
+            return self
+        unset = {k: v for k, v in self.presets[name].values.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **unset) if unset else self
+
+    def check_preset(self) -> None:
+        """For `__post_init__`: the `preset` field names a preset or is "auto"."""
+        chosen = getattr(self, "preset", "auto")
+        if chosen != "auto" and chosen not in self.presets:
+            raise InterventionConfigError(
+                f"{self.name}: unknown preset {chosen!r}; presets: auto, {', '.join(self.presets)}"
+            )
 
     def on_attach(self, guard: Guard) -> None:
         """Per-model preparation that needs the loaded model (e.g. finding sink dimensions)."""
@@ -49,6 +98,17 @@ def register_method(cls: type[Intervention]) -> type[Intervention]:
 
 def available_methods() -> list[str]:
     return sorted(_METHODS)
+
+
+def method_presets(name: str) -> list[tuple[str, Preset, list[str]]]:
+    """A method's presets in order, each with the families that get it under `preset=auto`
+    (the first preset also serves every family without one: listed as "default")."""
+    cls = method_class(name)
+    rows = []
+    for i, (preset, values) in enumerate(cls.presets.items()):
+        families = sorted(f for f, p in cls.family_presets.items() if p == preset)
+        rows.append((preset, values, (["default"] if i == 0 else []) + families))
+    return rows
 
 
 def method_class(name: str) -> type[Intervention]:
@@ -83,6 +143,14 @@ def parse_guard_spec(spec: str) -> list[Intervention]:
             kwargs[key] = _parse_value(raw)
         interventions.append(cls(**kwargs))
     return interventions
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return ";".join(map(str, value)) or "()"
+    return str(value)
 
 
 def _parse_value(raw: str):
