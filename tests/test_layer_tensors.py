@@ -54,7 +54,7 @@ def _decode_graph_inputs(guard_methods) -> int:
 @pytest.mark.parametrize(
     ("one_layer", "more_layers"),
     [
-        (lambda m: [lg.VHR(start_layer=3)], lambda m: [lg.VHR()]),
+        (lambda m: [lg.VHR(explicit_layers=(3,))], lambda m: [lg.VHR(explicit_layers=(1, 2, 3))]),
         (lambda m: [lg.VAR(**{**vars(_sinky_var(m)), "end_layer": 2})], lambda m: [_sinky_var(m)]),
     ],
     ids=["vhr", "var"],

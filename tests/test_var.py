@@ -1,16 +1,21 @@
-"""VAR: the fused redistribution against the official rule in float64, sinks, and the guard end to end."""
+"""VAR: the fused redistribution against the official rule in float64 (logic.py), sink skipping (a
+layer without visual sinks is left alone), the last-layer option, sinks, and the guard end to end."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 from test_attention_edits import SCALING, fake_module, random_case
 from test_guard import IMAGES, PROMPTS
+from test_vhr import assert_family_guarantees
+from tiny_families import FAMILIES
 from tiny_models import assert_cached_equals_recomputation, tiny_llava
 
 import lvlm_guard as lg
 from lvlm_guard.attention import LayerAttention, stock_attention_function
-from lvlm_guard.methods.var import DIMS, SINKS, redistribution_log_factors
+from lvlm_guard.methods.var import DIMS, SINKS, _record_sinks, redistribution_log_factors
 from lvlm_guard.models import ModelSpec
 from lvlm_guard.sinks import massive_dims, rms_normalized, sink_dims_for, sink_scores
 from lvlm_guard.state import GuardState
@@ -19,12 +24,15 @@ B, H, KV, D = 2, 4, 2, 8
 
 
 def official_redistribution(probs, image, sinks, p, rho, summ):
-    """The official rule, literally, in float64: scale sinks by p, give the freed mass to the
+    """The official rule, literally, in float64: a sequence whose layer has no sink inside the image
+    is left alone (logic.py:125,140-141); else scale sinks by p, give the freed mass to the
     non-sink image tokens in proportion to their weights, in the selected rows only."""
     out = probs.clone()
     b, h, r, _ = probs.shape
     selected_rows = 0
     for i in range(b):
+        if not (image[i] & sinks[i]).any():
+            continue
         non_sink_image = image[i] & ~sinks[i]
         for j in range(h):
             for t in range(r):
@@ -68,6 +76,111 @@ def test_log_factors_reproduce_the_official_rule_and_keep_rows_normalised():
     fused = torch.softmax(probs.log() + redistribution_log_factors(probs, image, sinks, 0.6, 0.5, 0.2), -1)
     torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fused.sum(-1), torch.ones(B, H, 3, dtype=torch.float64))
+
+
+def test_a_sequence_without_visual_sinks_is_left_alone_even_with_text_sinks():
+    """V1: text sinks alone (BOS) select nothing; the other sequence, with a visual sink, is edited."""
+    torch.manual_seed(2)
+    probs = torch.softmax(torch.randn(B, H, 3, 12, dtype=torch.float64) * 2, -1)
+    image = torch.zeros(B, 12, dtype=torch.bool)
+    image[:, 2:9] = True
+    sinks = torch.zeros(B, 12, dtype=torch.bool)
+    sinks[:, 0] = True  # a text sink in both sequences
+    sinks[0, 4] = True  # a visual sink in sequence 0 only
+    factors = redistribution_log_factors(probs, image, sinks, 0.6, 1.0, 0.0)  # rho 1, summ 0: every row qualifies
+    assert torch.equal(factors[1], torch.zeros_like(factors[1]))  # exactly zero: the plain softmax
+    assert (factors[0] != 0).any()
+    ref, selected = official_redistribution(probs, image, sinks, p=0.6, rho=1.0, summ=0.0)
+    assert selected == H * 3  # every row of sequence 0, none of sequence 1
+    assert torch.equal(ref[1], probs[1])
+    fused = torch.softmax(probs.log() + factors, -1)
+    torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
+    logits = torch.randn(B, H, 3, 12, dtype=torch.float64)
+    assert torch.equal(torch.softmax(logits + factors, -1)[1], torch.softmax(logits, -1)[1])
+
+
+def test_recorded_sinks_drop_every_sink_of_a_sequence_without_visual_sinks():
+    """What the fused decoding kernel reads: no sinks at all where the layer has no visual sink."""
+    b, n, dim = 2, 10, 16
+    hidden = torch.randn(b, n, dim) * 0.1
+    hidden[:, 0, 3] = 50.0  # BOS-like text sink in both sequences
+    hidden[0, 5, 3] = 50.0  # a visual sink in sequence 0
+    image = torch.zeros(b, n, dtype=torch.bool)
+    image[:, 4:8] = True
+    state = GuardState(image_keys=image, prompt_ids=torch.zeros(b, n, dtype=torch.long))
+    state.scratch[DIMS] = (3, 11)
+    cfg = lg.VAR(tau=3.0)  # |RMSNorm(h)| of a lone 50 among 16 small dims is about 4
+    _record_sinks(cfg, (2, 3), 2, 1, state, hidden)
+    found = state.scratch[SINKS][2]
+    assert found[0].tolist() == [i in (0, 5) for i in range(n)]
+    assert not found[1].any()
+
+
+def test_a_layer_without_visual_sinks_equals_plain_attention():
+    """Through the layer's attention function: edits on, sinks only outside the image -> the plain output."""
+    q_len, k_len = 6, 12
+    q, k, v, image, _ = planted_case(q_len, k_len)
+    text_sinks = torch.zeros(B, k_len, dtype=torch.bool)
+    text_sinks[:, [0, 1]] = True  # strong text sink at key 0 (planted), none inside the image
+    cfg = lg.VAR(start_layer=1, end_layer=2, rho=1.0, summ=0.0)
+    (edit,) = cfg.plan(ModelSpec(3, H, KV, D, H * D)).attention[1]
+    state = GuardState(image_keys=image, prompt_ids=torch.zeros(B, k_len, dtype=torch.long))
+    state.query_offset = k_len - q_len
+    causal = torch.arange(k_len)[None, :] <= (torch.arange(q_len) + k_len - q_len)[:, None]
+    mask = causal[None, None].expand(B, 1, q_len, k_len)
+    module = fake_module(H // KV)
+    stock = stock_attention_function(module)
+    plain, _ = stock(module, q, k, v, mask, scaling=SCALING)
+    outs = {}
+    for name, sinks in (
+        ("text sinks only", text_sinks),
+        ("with a visual sink", text_sinks | image & (torch.arange(k_len) == 3)),
+    ):
+        state.scratch[SINKS] = {1: sinks}
+        outs[name], _ = LayerAttention(1, [edit], state, H)(module, q, k, v, mask, stock, scaling=SCALING)
+    assert torch.equal(outs["text sinks only"], plain)  # CPU: SDPA with a zero bias, bit for bit
+    assert not torch.allclose(outs["with a visual sink"], plain, rtol=0, atol=1e-4)
+
+
+def test_last_layer_option_follows_the_yml_by_default_and_the_stored_code_on_request():
+    spec = ModelSpec(32, H, KV, D, H * D)
+    assert lg.VAR().layers(spec) == tuple(range(2, 31))  # lv1.5_7b.yml:18 except_last_layer: 1
+    assert lg.VAR(last_layer=True).layers(spec) == tuple(range(2, 32))  # logic.py:148's shadowing False
+    assert lg.VAR(last_layer=True, end_layer=20).layers(spec) == tuple(range(2, 20))  # explicit end wins
+    plan = lg.VAR(last_layer=True).plan(spec)
+    assert 31 in plan.attention and 30 in plan.hidden_states  # sinks of layer 31 read from layer 30's output
+    assert 31 not in lg.VAR().plan(spec).attention
+    (var,) = lg.parse_guard_spec("var:last_layer=true")
+    assert var.last_layer is True
+
+
+def test_last_layer_true_edits_the_last_layer_of_a_model():
+    model, processor = tiny_llava()
+    inputs = lg.Guard(model, processor, []).prepare(IMAGES, PROMPTS)
+    logits, edited_layers = {}, {}
+    for last in (False, True):
+        guard = lg.attach(model, processor, [dataclasses.replace(_sinky_var(model), last_layer=last)])
+        with torch.no_grad():
+            logits[last] = model(**inputs).logits[:, -1]
+        sinks = guard.state.scratch[SINKS]
+        edited_layers[last] = [
+            layer for layer in range(4) if guard.adapter.attention(layer)._lvlm_guard_attention.edits
+        ]
+        guard.detach()
+        assert (3 in sinks) is last
+    assert edited_layers == {False: [1, 2], True: [1, 2, 3]}
+    assert not torch.allclose(logits[False], logits[True])
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family_model(request):
+    return FAMILIES[request.param]()
+
+
+def test_var_keeps_the_shared_guarantees_on_every_family(family_model):
+    model, processor = family_model
+    var = lg.VAR(tau=2.0, start_layer=1, rho=1.0, summ=0.0, last_layer=True)
+    assert_family_guarantees(model, processor, [var])
 
 
 @pytest.mark.parametrize("q_len", [1, 6])
