@@ -1,6 +1,13 @@
-"""lvlm_guard: cut object hallucination in LLaVA-style models by editing attention at run time."""
+"""lvlm_guard: cut object hallucination in LLaVA-style models by editing attention at run time.
+
+Names are imported on first use (PEP 562), so `import lvlm_guard` and `lvlm-guard --help` do not
+pay for torch and transformers until a model, guard or method is touched; `from lvlm_guard import X`
+and `lvlm_guard.X` work as usual.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from lvlm_guard.errors import (
     GuardError,
@@ -8,49 +15,65 @@ from lvlm_guard.errors import (
     ImageInputError,
     InputMismatchError,
     InterventionConfigError,
+    InvalidSettingError,
     ModelNotFoundError,
     QuantizationUnavailableError,
     UnknownGuardError,
     UnsupportedModelError,
 )
-from lvlm_guard.guard import GenerationOutput, Guard, attach
-from lvlm_guard.loading import load
-from lvlm_guard.methods import IAF, PAI, VAR, VHR, Intervention, available_methods, parse_guard_spec
-from lvlm_guard.models import ModelAdapter, ModelSpec, adapter_for, supported_architectures
-from lvlm_guard.taps import Taps
-from lvlm_guard.vlsam import FlowConfig, Located, PromptConfig, SamRunner, load_sam
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_LAZY = {
+    "GenerationOutput": "lvlm_guard.guard",
+    "Guard": "lvlm_guard.guard",
+    "attach": "lvlm_guard.guard",
+    "load": "lvlm_guard.loading",
+    "IAF": "lvlm_guard.methods",
+    "PAI": "lvlm_guard.methods",
+    "PAINT": "lvlm_guard.methods",
+    "VAR": "lvlm_guard.methods",
+    "VHR": "lvlm_guard.methods",
+    "Intervention": "lvlm_guard.methods",
+    "available_methods": "lvlm_guard.methods",
+    "parse_guard_spec": "lvlm_guard.methods",
+    "ModelAdapter": "lvlm_guard.models",
+    "ModelSpec": "lvlm_guard.models",
+    "adapter_for": "lvlm_guard.models",
+    "supported_architectures": "lvlm_guard.models",
+    "Taps": "lvlm_guard.taps",
+    "FlowConfig": "lvlm_guard.vlsam",
+    "Located": "lvlm_guard.vlsam",
+    "PromptConfig": "lvlm_guard.vlsam",
+    "SamRunner": "lvlm_guard.vlsam",
+    "load_sam": "lvlm_guard.vlsam",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lvlm_guard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
-    "PAI",
-    "IAF",
-    "VAR",
-    "VHR",
-    "GenerationOutput",
-    "Guard",
     "GuardError",
     "GuardStateError",
     "ImageInputError",
     "InputMismatchError",
-    "Intervention",
     "InterventionConfigError",
-    "ModelAdapter",
+    "InvalidSettingError",
     "ModelNotFoundError",
-    "ModelSpec",
     "QuantizationUnavailableError",
-    "Taps",
-    "FlowConfig",
-    "Located",
-    "PromptConfig",
-    "SamRunner",
-    "load_sam",
     "UnknownGuardError",
     "UnsupportedModelError",
-    "adapter_for",
-    "attach",
-    "available_methods",
-    "load",
-    "parse_guard_spec",
-    "supported_architectures",
+    *_LAZY,
 ]

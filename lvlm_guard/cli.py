@@ -14,6 +14,10 @@ from pathlib import Path
 
 from lvlm_guard.errors import GuardError
 
+
+class InvalidArgumentError(GuardError, ValueError):
+    """A command-line argument outside what the command accepts."""
+
 DEFAULT_MODEL = "tiny-coco"
 
 
@@ -41,15 +45,12 @@ def make_answer_fn(model: str, guard: str, device: str | None = None, **load_opt
     The guard is attached for each batch and detached after it, so several configurations can
     share one loaded model in a grid.
     """
-    import torch
-
     from lvlm_guard.guard import attach
     from lvlm_guard.methods import parse_guard_spec
 
     interventions = parse_guard_spec(guard)
     if device is not None:
         load_options.setdefault("device_map", device)
-    load_options.setdefault("dtype", "bfloat16" if torch.cuda.is_available() else "float32")
     loaded_model, processor = _LOADED.get(model, **load_options)
 
     def answer(images, prompts, max_new_tokens):
@@ -67,15 +68,26 @@ def _generate(args: argparse.Namespace) -> int:
     from lvlm_guard.loading import load
     from lvlm_guard.methods import parse_guard_spec
 
+    interventions = parse_guard_spec(args.guard)  # a bad spec fails before the model loads
+    if args.max_new_tokens < 1:
+        raise InvalidArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not Path(args.image).is_file():
+        raise InvalidArgumentError(f"--image {args.image!r}: no such file")
     model, processor = load(args.model, dtype=args.dtype, device_map=args.device_map)
-    guard = attach(model, processor, parse_guard_spec(args.guard))
+    guard = attach(model, processor, interventions)
     images = [args.image] * len(args.prompt)
-    guarded = guard.generate(images, args.prompt, max_new_tokens=args.max_new_tokens)
-    with guard.disabled():
-        plain = guard.generate(images, args.prompt, max_new_tokens=args.max_new_tokens)
+    try:
+        guarded = guard.generate(images, args.prompt, max_new_tokens=args.max_new_tokens)
+        if not interventions:  # nothing to compare: one answer
+            for prompt, text in zip(args.prompt, guarded.texts):
+                print(f"prompt:    {prompt}\nunguarded: {text}\n")
+            return 0
+        with guard.disabled():
+            plain = guard.generate(images, args.prompt, max_new_tokens=args.max_new_tokens)
+    finally:
+        guard.detach()
     for prompt, g, p in zip(args.prompt, guarded.texts, plain.texts):
         print(f"prompt:    {prompt}\nunguarded: {p}\nguarded:   {g}  [{args.guard}]\n")
-    guard.detach()
     return 0
 
 
@@ -123,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     gen.add_argument("--guard", default="pai", help="guard spec, e.g. pai, 'pai:alpha=0.5'")
     gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--dtype", default="float32")
+    gen.add_argument("--dtype", default=None, help="default: float32 on the CPU, bfloat16 on a GPU (as lg.load)")
     gen.add_argument("--device-map", default=None)
     gen.set_defaults(func=_generate)
 

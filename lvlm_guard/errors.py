@@ -11,6 +11,10 @@ class ModelNotFoundError(GuardError):
     """A model id or directory could not be resolved to weights on this machine."""
 
 
+class LoadOptionError(GuardError, ValueError):
+    """A `load()` option is not one it knows (dtype, quantization)."""
+
+
 class UnsupportedModelError(GuardError):
     """The model's architecture has no adapter."""
 
@@ -40,3 +44,17 @@ class UnknownGuardError(GuardError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class InvalidSettingError(InterventionConfigError):
+    """A method setting of the wrong type or outside its range: names the method, the field, the
+    value given and what is allowed."""
+
+    def __init__(self, method: str, field: str, value: object, allowed: str) -> None:
+        self.method, self.field, self.value, self.allowed = method, field, value, allowed
+        super().__init__(f"{method}: {field}={value!r} is not allowed; {field} must be {allowed}")
+
+
+class ClsAttentionUnavailableError(InterventionConfigError):
+    """A method that reads the vision tower's CLS attention (PAINT) was attached to a family whose
+    tower has no CLS token, or whose image tokens the adapter cannot map back to patches."""

@@ -45,9 +45,18 @@ class Guard:
     def __init__(self, model: nn.Module, processor, interventions: Sequence[Intervention]) -> None:
         if getattr(model, MODEL_ATTR, None) is not None:
             raise GuardStateError("a guard is already attached to this model; detach it first")
+        if isinstance(interventions, (str, Intervention)):
+            hint = f"lg.parse_guard_spec({interventions!r})" if isinstance(interventions, str) else f"[{interventions!r}]"
+            raise InterventionConfigError(
+                f"interventions must be a list of guards, got {type(interventions).__name__} {interventions!r}; "
+                f"pass {hint}"
+            )
         for item in interventions:
             if not isinstance(item, Intervention):
-                raise InterventionConfigError(f"not an intervention: {item!r}")
+                raise InterventionConfigError(
+                    f"not an intervention: {item!r} ({type(item).__name__}); use lg.PAI(), lg.VAR(), ... "
+                    "or lg.parse_guard_spec('pai,var')"
+                )
         self.model = model
         self.processor = processor
         self.adapter: ModelAdapter = adapter_for(model)
@@ -113,6 +122,11 @@ class Guard:
             raise GuardStateError("this guard is not attached")
         self._remove_hooks()
         self._attached = False
+
+    def own_hook(self, handle) -> None:
+        """Keep the handle of a hook a method registers itself in `on_attach` (PAINT's hooks on the
+        vision tower): `detach`, or a failed `attach`, removes it with the guard's own."""
+        self._handles.append(handle)
 
     def _remove_hooks(self) -> None:
         self._set_prefill_hooks(False)

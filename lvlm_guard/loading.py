@@ -12,7 +12,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoProcessor
 
-from lvlm_guard.errors import ModelNotFoundError, QuantizationUnavailableError
+from lvlm_guard.errors import LoadOptionError, ModelNotFoundError, QuantizationUnavailableError
 from lvlm_guard.models import adapter_class_for_architecture
 
 #: short names of models that ship inside the package
@@ -25,8 +25,20 @@ _DTYPES = {
     "fp16": torch.float16,
     "float32": torch.float32,
     "fp32": torch.float32,
-    "auto": "auto",
+    "auto": "auto",  # transformers: the checkpoint's own dtype
 }
+
+
+def default_dtype(device_map, quantization: str | None = None) -> torch.dtype:
+    """The one default of the API and the CLI: bfloat16 where the model goes to a GPU (or is
+    quantized), float32 on the CPU (bfloat16 matmuls are slow on most CPUs, and one default keeps
+    the API's and the CLI's unguarded answers identical)."""
+    on_cpu = device_map is None or device_map == "cpu" or (
+        isinstance(device_map, dict) and set(map(str, device_map.values())) <= {"cpu"}
+    )
+    if quantization is not None or (not on_cpu and torch.cuda.is_available()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def resolve_model_path(name_or_path: str | Path) -> str:
@@ -54,7 +66,7 @@ def _dtype(dtype: str | torch.dtype):
     try:
         return _DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}") from None
+        raise LoadOptionError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)} (or leave it unset)") from None
 
 
 def quantization_config(quantization: str | None, compute_dtype, skip_modules: tuple[str, ...]):
@@ -62,7 +74,7 @@ def quantization_config(quantization: str | None, compute_dtype, skip_modules: t
     if quantization is None:
         return None
     if quantization not in ("4bit", "8bit"):
-        raise ValueError(f"quantization must be '4bit', '8bit' or None, got {quantization!r}")
+        raise LoadOptionError(f"quantization must be '4bit', '8bit' or None, got {quantization!r}")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -84,7 +96,7 @@ def quantization_config(quantization: str | None, compute_dtype, skip_modules: t
 def load(
     name_or_path: str | Path,
     *,
-    dtype: str | torch.dtype = "bfloat16",
+    dtype: str | torch.dtype | None = None,
     device_map: str | dict | None = None,
     quantization: str | None = None,
     attn_implementation: str = "sdpa",
@@ -92,8 +104,9 @@ def load(
 ):
     """Load `(model, processor)`; the model is in eval mode.
 
-    `device_map` goes to accelerate ("auto", "cuda:0", a dict ...); `quantization` is "4bit",
-    "8bit" or None (the vision tower and projector stay in `dtype`).
+    `dtype` None: `default_dtype` (float32 on the CPU, bfloat16 on a GPU); "auto": the
+    checkpoint's. `device_map` goes to accelerate ("auto", "cuda:0", a dict ...); `quantization` is
+    "4bit", "8bit" or None (the vision tower and projector stay in `dtype`).
     """
     source = resolve_model_path(name_or_path)
     is_local = Path(source).exists()
@@ -108,7 +121,7 @@ def load(
     architecture = (config.architectures or [type(config).__name__.replace("Config", "ForConditionalGeneration")])[0]
     adapter_cls = adapter_class_for_architecture(architecture, source=str(name_or_path))
     model_cls = getattr(transformers, architecture)
-    compute_dtype = _dtype(dtype)
+    compute_dtype = default_dtype(device_map, quantization) if dtype is None else _dtype(dtype)
     kwargs = {"dtype": compute_dtype, "attn_implementation": attn_implementation, **offline}
     if device_map is not None:
         kwargs["device_map"] = device_map

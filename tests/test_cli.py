@@ -42,9 +42,52 @@ def test_generate_prints_guarded_and_unguarded(saved_model, tmp_path, capsys):
 
 
 def test_errors_exit_with_code_2_and_a_message(tmp_path, capsys):
-    code = cli.main(["generate", "--model", str(tmp_path / "missing"), "--image", "x.png", "--prompt", "hi"])
+    image = tmp_path / "x.png"
+    Image.new("RGB", (30, 20)).save(image)
+    code = cli.main(["generate", "--model", str(tmp_path / "missing"), "--image", str(image), "--prompt", "hi"])
     assert code == 2
     assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--guard", "pai:alpha=abc"], "pai: alpha='abc' is not allowed; alpha must be a number or none"),
+        (["--guard", "exit:threshold=7"], "threshold must be in [0, 1]"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--image", "nowhere.png"], "--image 'nowhere.png': no such file"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line_before_any_model_loads(tmp_path, capsys, monkeypatch, argv, message):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("lvlm_guard.loading.load", refuse)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (30, 20)).save(image)
+    base = {"--model": "tiny-coco", "--image": str(image), "--prompt": "hi", "--guard": "pai", "--max-new-tokens": "4"}
+    base.update(dict(zip(argv[::2], argv[1::2])))
+    code = cli.main(["generate", *[x for kv in base.items() for x in kv]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_guard_none_answers_once(saved_model, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (30, 20), (200, 10, 10)).save(image)
+    argv = ["generate", "--model", str(saved_model), "--image", str(image), "--prompt", "what ?", "--guard", "none"]
+    assert cli.main([*argv, "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("unguarded:") == 1 and "guarded:   " not in out
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from lvlm_guard.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_answer_fn_attaches_per_batch_and_leaves_the_model_clean(saved_model):
@@ -54,5 +97,5 @@ def test_answer_fn_attaches_per_batch_and_leaves_the_model_clean(saved_model):
     a = answer_pai([image, image], ["what is this ?", "is there a dog ?"], 4)
     b = answer_none([image], ["what is this ?"], 4)
     assert len(a) == 2 and len(b) == 1 and all(isinstance(t, str) for t in a + b)
-    model, _ = cli._LOADED.get(str(saved_model), dtype="bfloat16" if torch.cuda.is_available() else "float32")
+    model, _ = cli._LOADED.get(str(saved_model))  # the same key the answer functions used
     assert not hasattr(model, "_lvlm_guard")

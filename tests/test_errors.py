@@ -81,13 +81,13 @@ def test_guard_attached_twice(llava):
 
 def test_interventions_naming_missing_layers_or_heads(llava):
     model, processor = llava  # 4 layers, 4 heads
-    with pytest.raises(lg.InterventionConfigError, match=r"layers \[4, 5\] do not exist"):
+    with pytest.raises(lg.InterventionConfigError, match=r"layers 4, 5 do not exist"):
         lg.attach(model, processor, [lg.PAI(start_layer=2, end_layer=6)])
     with pytest.raises(lg.InterventionConfigError, match="empty layer range"):
         lg.attach(model, processor, [lg.PAI(start_layer=3, end_layer=3)])
     from lvlm_guard.methods.base import check_heads
 
-    with pytest.raises(lg.InterventionConfigError, match=r"heads \[7\] do not exist"):
+    with pytest.raises(lg.InterventionConfigError, match=r"head 7 does not exist"):
         check_heads("x", [1, 7], lg.adapter_for(model).spec)
     with pytest.raises(lg.InterventionConfigError, match="alpha"):
         lg.PAI(alpha=-1)
@@ -108,6 +108,52 @@ def test_guard_spec_parsing():
         lg.parse_guard_spec("pai,nope")
     with pytest.raises(lg.InterventionConfigError, match="bad setting 'beta=1'"):
         lg.parse_guard_spec("pai:beta=1")
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "allowed"),
+    [
+        ("pai:alpha=abc", "alpha", "a number or none"),
+        ("pai:alpha=nan", "alpha", "a finite number"),
+        ("pai:alpha=-1", "alpha", ">= 0"),
+        ("pai:plausibility=0", "plausibility", "in (0, 1]"),
+        ("pai:start_layer=1.5", "start_layer", "an integer"),
+        ("var:tau=-1", "tau", "> 0"),
+        ("var:tau=0", "tau", "> 0"),
+        ("var:p=0", "p", "in (0, 1]"),
+        ("var:sink_dims=3;x", "sink_dims", "a list of integers"),
+        ("var:last_layer=maybe", "last_layer", "true or false"),
+        ("vhr:alpha=0", "alpha", "> 0"),
+        ("vhr:prompt_rows=some", "prompt_rows", "one of 'all', 'last'"),
+        ("vhr:explicit_layers=-1;2", "explicit_layers", ">= 0 (every entry)"),
+        ("exit:threshold=7", "threshold", "in [0, 1]"),
+        ("exit:layer=abc", "layer", "an integer or none"),
+    ],
+)
+def test_bad_setting_values_raise_one_typed_error_naming_field_value_and_range(spec, field, allowed):
+    with pytest.raises(lg.InvalidSettingError) as info:
+        lg.parse_guard_spec(spec)
+    error = info.value
+    assert error.method == spec.split(":")[0] and error.field == field and allowed in error.allowed
+    assert f"{field}=" in str(error) and isinstance(error, lg.InterventionConfigError)
+
+
+def test_the_api_checks_settings_like_the_spec_parser():
+    with pytest.raises(lg.InvalidSettingError, match="alpha='x'"):
+        lg.PAI(alpha="x")
+    with pytest.raises(lg.InvalidSettingError, match="true or false"):
+        lg.VAR(last_layer=1)
+    assert lg.VHR(explicit_layers=[1, 2]).explicit_layers == (1, 2)  # a list becomes the tuple
+    assert lg.parse_guard_spec("var:sink_dims=3;5:last_layer=true") == [lg.VAR(sink_dims=(3, 5), last_layer=True)]
+    with pytest.raises(lg.InterventionConfigError, match=r"a list of guards.*lg.parse_guard_spec\('pai'\)"):
+        lg.attach(*tiny_llava(), "pai")
+
+
+def test_many_missing_layers_are_summarised_not_listed(llava):
+    model, processor = llava  # 4 layers
+    with pytest.raises(lg.InterventionConfigError) as info:
+        lg.attach(model, processor, [lg.PAI(start_layer=2, end_layer=999)])
+    assert "layers 4..998 (995 of them) do not exist" in str(info.value) and len(str(info.value)) < 120
 
 
 def test_load_missing_local_dir_and_offline_hub_id(tmp_path, monkeypatch):

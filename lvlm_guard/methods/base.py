@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from lvlm_guard.edits import InterventionPlan
 from lvlm_guard.errors import InterventionConfigError, UnknownGuardError
+from lvlm_guard.methods.settings import Choice, Range, check_settings, parse_setting
 from lvlm_guard.models.base import ModelSpec
 
 if TYPE_CHECKING:
@@ -44,6 +46,29 @@ class Intervention(ABC):
     name: ClassVar[str]
     presets: ClassVar[Mapping[str, Preset]] = {}
     family_presets: ClassVar[Mapping[str, str]] = {}  # adapter family -> preset name
+    bounds: ClassVar[Mapping[str, Range | Choice]] = {}  # field -> allowed range or choices (settings.py)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Every config's fields are type- and range-checked (settings.check_settings) before its
+        own `__post_init__` runs, so bad values get one InvalidSettingError, never a TypeError."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if getattr(own, "_checks_settings", False):
+            return
+
+        def __post_init__(self) -> None:
+            if dataclasses.is_dataclass(self):
+                check_settings(self)
+            if own is not None:
+                own(self)
+            else:
+                super(cls, self).__post_init__()
+
+        __post_init__._checks_settings = True
+        cls.__post_init__ = __post_init__
+
+    def __post_init__(self) -> None:
+        return None
 
     @abstractmethod
     def plan(self, spec: ModelSpec) -> InterventionPlan:
@@ -89,6 +114,8 @@ class Intervention(ABC):
 
 
 _METHODS: dict[str, type[Intervention]] = {}
+#: old name -> registered name; the old one keeps working with a DeprecationWarning
+_ALIASES: dict[str, str] = {"iaf": "paint"}  # IAF was PAINT's v1 title (arXiv 2501.12206v1)
 
 
 def register_method(cls: type[Intervention]) -> type[Intervention]:
@@ -112,6 +139,11 @@ def method_presets(name: str) -> list[tuple[str, Preset, list[str]]]:
 
 
 def method_class(name: str) -> type[Intervention]:
+    if name in _ALIASES:
+        warnings.warn(
+            f"guard name {name!r} is deprecated; use {_ALIASES[name]!r}", DeprecationWarning, stacklevel=2
+        )
+        name = _ALIASES[name]
     try:
         return _METHODS[name]
     except KeyError:
@@ -123,7 +155,9 @@ def method_class(name: str) -> type[Intervention]:
 def parse_guard_spec(spec: str) -> list[Intervention]:
     """Interventions from a spec like `"pai"`, `"pai:alpha=0.5:gamma=none,var"` or `"none"`.
 
-    Values are parsed as int, float, bool or `none`; keys must be fields of the method's config.
+    Values are parsed as their field's type (`none` where the field allows it; lists as `2;3;4`)
+    and checked against its range: a bad key or value raises InterventionConfigError (InvalidSettingError
+    for values) before any model is needed.
     """
     spec = spec.strip()
     if spec in ("", "none"):
@@ -140,7 +174,7 @@ def parse_guard_spec(spec: str) -> list[Intervention]:
                 raise InterventionConfigError(
                     f"bad setting {assignment!r} for guard {name!r}; its settings: {', '.join(sorted(fields))}"
                 )
-            kwargs[key] = _parse_value(raw)
+            kwargs[key] = parse_setting(cls, key, raw)
         interventions.append(cls(**kwargs))
     return interventions
 
@@ -153,31 +187,24 @@ def _format_value(value: object) -> str:
     return str(value)
 
 
-def _parse_value(raw: str):
-    lowered = raw.strip().lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    if "/" in raw or ";" in raw:  # layer lists like 2;3;4
-        return tuple(int(x) for x in raw.replace("/", ";").split(";") if x)
-    return raw
-
-
 def check_layers(method: str, layers: Iterable[int], spec: ModelSpec) -> tuple[int, ...]:
     """Validated layer indices; the error names the method, the bad layers and the valid range."""
     layers = tuple(layers)
     bad = [layer for layer in layers if not 0 <= layer < spec.num_layers]
     if bad:
         raise InterventionConfigError(
-            f"{method}: layers {bad} do not exist; the model has layers 0..{spec.num_layers - 1}"
+            f"{method}: {_summarise(bad, 'layer')} not exist; the model has layers 0..{spec.num_layers - 1}"
         )
     return layers
+
+
+def _summarise(indices: list[int], noun: str) -> str:
+    """`layer 40 does` / `layers 32..998 (967 of them) do`: a short phrase however many there are."""
+    if len(indices) == 1:
+        return f"{noun} {indices[0]} does"
+    if len(indices) <= 4:
+        return f"{noun}s {', '.join(map(str, indices))} do"
+    return f"{noun}s {min(indices)}..{max(indices)} ({len(indices)} of them) do"
 
 
 def layer_range(
@@ -198,6 +225,6 @@ def check_heads(method: str, heads: Iterable[int] | None, spec: ModelSpec) -> tu
     bad = [h for h in heads if not 0 <= h < spec.num_heads]
     if bad:
         raise InterventionConfigError(
-            f"{method}: heads {bad} do not exist; the model has heads 0..{spec.num_heads - 1}"
+            f"{method}: {_summarise(bad, 'head')} not exist; the model has heads 0..{spec.num_heads - 1}"
         )
     return heads

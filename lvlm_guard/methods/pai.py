@@ -31,6 +31,7 @@ from lvlm_guard.decode_kernel import AMPLIFY, DecodeKernel
 from lvlm_guard.edits import AttentionEdit, AttentionRows, InterventionPlan, ScoreMod
 from lvlm_guard.errors import InterventionConfigError
 from lvlm_guard.methods.base import Intervention, Preset, layer_range, register_method
+from lvlm_guard.methods.settings import LAYER, NONNEGATIVE, POSITIVE, Range
 from lvlm_guard.models.base import ModelSpec
 from lvlm_guard.state import GuardState
 
@@ -60,6 +61,8 @@ class PAI(Intervention):
         "paper_llava15": Preset({"alpha": 0.5}, "PAI paper, LLaVA-1.5 setting (from a summary of the paper)"),
     }
     family_presets: ClassVar = {"llava": "paper_llava15"}
+    bounds: ClassVar = {"alpha": NONNEGATIVE, "start_layer": LAYER, "end_layer": LAYER, "gamma": POSITIVE,
+                        "plausibility": Range(0, 1, low_open=True)}  # fmt: skip
 
     preset: str = "auto"  # "auto": the loaded model's family picks (llava: paper_llava15, else repo)
     alpha: float | None = None  # None: the preset's (repo 0.2, paper LLaVA-1.5 0.5)

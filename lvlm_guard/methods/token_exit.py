@@ -1,12 +1,14 @@
-"""Visual-token exit (DyVTE: Sun et al., "Accelerating Multimodal Large Language Models via
-Dynamic Visual-Token Exit and the Empirical Findings"; official code DoubtedSteam/DyVTE).
+"""Visual-token exit (DyVTE: Qiong Wu, Wenhao Lin, Weihao Ye, Yiyi Zhou, Xiaoshuai Sun, Rongrong Ji,
+"Accelerating Multimodal Large Language Models via Dynamic Visual-Token Exit and the Empirical
+Findings"; official code DoubtedSteam/DyVTE).
 
 DyVTE's finding: after some layer the text tokens have absorbed what they need from the image,
 and the visual tokens can leave the sequence with little quality loss and a large speed-up.
 This guard removes them after decoder layer `layer` (the mechanics are in
 `lvlm_guard.token_exit_hooks`): layers <= `layer` run on the full sequence, later layers and
 their KV cache on the text tokens only. With `router=<dir>` (or `router=tiny-coco`, the shipped
-one) the exit layer is DyVTE's learned decision instead (`lvlm_guard.exit_router`).
+one) the exit layer is DyVTE's learned decision (`lvlm_guard.exit_router`): that is the paper's
+method. The fixed `layer` (no router) is our extension, for studying quality against the exit layer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -21,6 +24,7 @@ from lvlm_guard.edits import InterventionPlan, TokenExit
 from lvlm_guard.errors import InterventionConfigError
 from lvlm_guard.exit_router import ExitRouter, after_image_mask, router_features
 from lvlm_guard.methods.base import Intervention, register_method
+from lvlm_guard.methods.settings import LAYER, UNIT
 from lvlm_guard.models.base import ModelSpec
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -46,6 +50,7 @@ def resolve_router(name: str) -> Path:
 @dataclass(frozen=True)
 class VisualTokenExit(Intervention):
     name = "exit"
+    bounds: ClassVar = {"layer": LAYER, "threshold": UNIT}  # threshold: a probability of exiting
 
     layer: int | None = None  # None: the middle layer (16 of LLaVA-1.5-7B's 32; issue 5 benchmarks 8/12/16)
     router: str | None = None  # a router directory or "tiny-coco"; replaces the fixed layer

@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,7 @@ from lvlm_guard.edits import AttentionEdit, AttentionRows, HiddenStateEdit, Inte
 from lvlm_guard.errors import InterventionConfigError
 from lvlm_guard.layer_tensors import LayerTensors
 from lvlm_guard.methods.base import Intervention, layer_range, register_method
+from lvlm_guard.methods.settings import LAYER, POSITIVE, UNIT, Range
 from lvlm_guard.models.base import ModelSpec
 from lvlm_guard.sinks import sink_dims_for, sink_scores
 from lvlm_guard.state import GuardState
@@ -133,6 +135,8 @@ def _record_sinks(
 @dataclass(frozen=True)
 class VAR(Intervention):
     name = "var"
+    bounds: ClassVar = {"p": Range(0, 1, low_open=True), "tau": POSITIVE, "rho": UNIT, "summ": UNIT,
+                        "start_layer": Range(1), "end_layer": LAYER, "sink_dims": Range(0)}  # fmt: skip
 
     p: float = 0.6  # A_exps/lv1.5_7b.yml (p: 0.6): the share of attention sinks keep
     tau: float = 20.0  # constants.py: sink threshold on |RMSNorm(h)| at the sink dims

@@ -48,6 +48,7 @@ from lvlm_guard.edits import HeadOutputEdit, HeadOutputs, InterventionPlan
 from lvlm_guard.errors import InterventionConfigError
 from lvlm_guard.layer_tensors import LayerTensors
 from lvlm_guard.methods.base import Intervention, Preset, check_layers, register_method
+from lvlm_guard.methods.settings import LAYER, POSITIVE, UNIT, Choice
 from lvlm_guard.models.base import ModelSpec
 
 NO_IMAGE = "vhr.image_free_heads"  # scratch[NO_IMAGE][layer]: [b, h, d] head outputs without the image
@@ -133,6 +134,8 @@ class VHR(Intervention):
         "paper_instructblip": Preset({"early_layers": (), "last_share": 18 / 32}, "VHR paper Sec. 4.4, InstructBLIP"),
     }
     family_presets: ClassVar = {"llava": "paper_llava", "llava_next": "paper_llava"}
+    bounds: ClassVar = {"alpha": POSITIVE, "early_layers": LAYER, "last_share": UNIT, "explicit_layers": LAYER,
+                        "prompt_rows": Choice(PROMPT_ROWS)}  # fmt: skip
 
     alpha: float = 2.0  # Sec. 4.4 (alpha = 2); App. D, Table 6: 3 also works, 4 breaks generation
     preset: str = "auto"  # "auto": the family picks (every family here: paper_llava)
