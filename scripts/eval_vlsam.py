@@ -1,4 +1,24 @@
-"""VL-SAM maps on the embedded model's world: pointing accuracy and box IoU vs two baselines.
+"""VL-SAM on the embedded model's world: pointing accuracy, box IoU and recall, full system vs ablations.
+
+`--mode detect` (default): the VL-SAM system of `lvlm_guard.vlsam.detect` (words from the model's own
+descriptions, connected-region prompts, refinement, multi-scale, question ensemble, NMS) against our
+earlier configuration (`EARLIER`: templated GT words, map peak, map box) and the full system minus one
+part at a time. The VLM runs once per image (every view and question of the full system, plus the
+templated words of the earlier configuration), cached under `--cache`; every configuration is then
+post-processed from the same observations (`Observations.select`). Segmenter: `MapSegmenter` (no SAM
+weights here), so "refinement" and masks are the stand-in's, not SAM's.
+
+- pointing: the final positive point of the category (`final_points`, on its merged map) inside a GT
+  box (or the GT polygon mask) of that category; a category the model never said counts as a miss.
+- box IoU: the category's best-scored detection vs its best-matching GT box (0 if none).
+- recall@0.5: GT instances with a detection of their category at IoU >= 0.5 (AR50-style);
+  precision@0.5: detections matched one-to-one (greedy by score) to a GT instance at IoU >= 0.5.
+Thresholds (`VLSamConfig.threshold`, `MapSegmenter.threshold`) are chosen on calib by box IoU.
+
+    python scripts/eval_vlsam.py --mode detect --split calib --num-images 12 --out evals/results/vlsam
+    python scripts/eval_vlsam.py --mode detect --split test --num-images 40 --out evals/results/vlsam
+
+`--mode flows`: the earlier flow-variant study below.
 
 For every (image, category present) pair of the split, the category's name is teacher-forced in
 "There is a <name> in the image." and its attention map computed (`Guard.locate`).
@@ -119,6 +139,11 @@ def bootstrap(per_image: list[list[float]], seed: int = 0, reps: int = 1000) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=("detect", "flows"), default="detect")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "lvlm_guard" / "vlsam_observations")
+    ap.add_argument(
+        "--thresholds", default=None, help="detect on test: prompt,segmenter thresholds (else from calib JSON)"
+    )
     ap.add_argument("--split", default="test")
     ap.add_argument("--num-images", type=int, default=200)
     ap.add_argument("--model", default="tiny-coco")
@@ -133,6 +158,8 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
+    if args.mode == "detect":
+        return detect_main(args)
 
     root = ensure_world(args.split, progress=False)
     images, boxes, _ = instances(root, args.split)
@@ -260,6 +287,210 @@ def figure(shown, folder: Path, images: dict, path: Path, title: str) -> None:
     fig.suptitle(f"{title} (green: GT boxes, star: peak, dashed: map box)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+# --- mode detect -------------------------------------------------------------------------------
+
+PARTS = ("connected_region", "refinement", "multi_scale", "ensemble", "nms")
+GRID_PROMPT = (0.3, 0.5, 0.7)
+GRID_SEGMENTER = (0.3, 0.5, 0.7)
+
+
+def gt_instances(root: Path, split: str):
+    """images, {image_id: {category: [(box xyxy, polygon)]}}."""
+    data = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    images = {im["id"]: im for im in data["images"]}
+    gt: dict[int, dict[str, list]] = {}
+    for ann in data["annotations"]:
+        gt.setdefault(ann["image_id"], {}).setdefault(names[ann["category_id"]], []).append(
+            (xyxy(ann["bbox"]), ann["segmentation"][0])
+        )
+    return images, gt
+
+
+def polygon_mask(polygon, width: int, height: int) -> np.ndarray:
+    from PIL import ImageDraw
+
+    canvas = Image.new("1", (width, height), 0)
+    ImageDraw.Draw(canvas).polygon([(polygon[i], polygon[i + 1]) for i in range(0, len(polygon), 2)], fill=1)
+    return np.array(canvas, dtype=bool)
+
+
+def score_image(result, gt: dict[str, list], width: int, height: int, iou_at: float = 0.5) -> dict[str, list[float]]:
+    """Per-pair and per-instance scores of one image's `DetectionResult` (see the module docstring)."""
+    from lvlm_guard.vlsam.detect import box_iou
+
+    out = {k: [] for k in ("pointing", "pointing_mask", "mentioned", "iou", "recall50")}
+    by_cat: dict[str, list] = {}
+    for d in result.detections:  # already best score first
+        by_cat.setdefault(d.category, []).append(d)
+    for cat, items in sorted(gt.items()):
+        point = result.points.get(cat)
+        boxes = [b for b, _ in items]
+        out["mentioned"].append(float(cat in result.maps))
+        out["pointing"].append(float(point is not None and any(inside(point, b) for b in boxes)))
+        hit = point is not None and any(polygon_mask(p, width, height)[point[1], point[0]] for _, p in items)
+        out["pointing_mask"].append(float(hit))
+        dets = by_cat.get(cat, [])
+        out["iou"].append(max((box_iou(dets[0].box, b) for b in boxes), default=0.0) if dets else 0.0)
+        for b in boxes:
+            out["recall50"].append(float(any(box_iou(d.box, b) >= iou_at for d in dets)))
+    matched = 0
+    for cat, dets in by_cat.items():
+        free = [b for b, _ in gt.get(cat, [])]
+        for d in dets:
+            ious = [box_iou(d.box, b) for b in free]
+            if ious and max(ious) >= iou_at:
+                free.pop(int(np.argmax(ious)))
+                matched += 1
+    out["precision50"] = [float(matched), float(len(result.detections))]  # summed over images
+    out["detections"] = [float(len(result.detections))]
+    out["hallucinated"] = [float(sum(d.category not in gt for d in result.detections))]
+    return out
+
+
+def observations_for(guard, image, image_id: int, split: str, categories, cache: Path):
+    """The full system's observations and the earlier configuration's, cached per image."""
+    import pickle
+
+    from lvlm_guard.vlsam import EARLIER, VLSamConfig, observe
+
+    path = cache / split / f"{image_id}.pkl"
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    full = observe(guard, image, VLSamConfig())
+    earlier = observe(guard, image, EARLIER, categories=categories)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps((full, earlier)))
+    return full, earlier
+
+
+def configurations(prompt_t: float, seg_t: float):
+    """name -> (VLSamConfig, segmenter, which observations)."""
+    from lvlm_guard.vlsam import EARLIER, MapSegmenter, VLSamConfig, ablated
+
+    full = VLSamConfig(threshold=prompt_t)
+    seg = MapSegmenter(seg_t)
+    out = {"earlier (before)": (EARLIER, MapSegmenter(0.5, relative_to="max", connected=False), "earlier")}
+    out["full"] = (full, seg, "full")
+    for part in PARTS:
+        out[f"full - {part}"] = (ablated(full, part), seg, "full")
+    return out
+
+
+def aggregate(per_image: list[dict]) -> dict:
+    res = {}
+    for m in ("pointing", "pointing_mask", "mentioned", "iou", "recall50"):
+        res[m] = bootstrap([p[m] for p in per_image])
+    tp = sum(p["precision50"][0] for p in per_image)
+    n = sum(p["precision50"][1] for p in per_image)
+    res["precision50"] = tp / n if n else 0.0
+    res["detections_per_image"] = float(np.mean([p["detections"][0] for p in per_image]))
+    res["hallucinated_per_image"] = float(np.mean([p["hallucinated"][0] for p in per_image]))
+    return res
+
+
+def detect_main(args) -> None:
+    from tqdm import tqdm
+
+    from lvlm_guard.vlsam import result_from
+
+    root = ensure_world(args.split, progress=False)
+    images, gt = gt_instances(root, args.split)
+    model, processor = lg.load(args.model, dtype=args.dtype, device_map=args.device)
+    guard = lg.attach(model, processor, [])
+    ids = sorted(gt)[: args.num_images]
+    calib = args.split == "calib"
+    if args.thresholds:
+        grid = [tuple(float(v) for v in args.thresholds.split(","))]
+    elif calib:
+        grid = [(p, s) for p in GRID_PROMPT for s in GRID_SEGMENTER]
+    else:
+        chosen = json.loads((args.out / "vlsam_detect_calib.json").read_text())["chosen"]
+        grid = [(chosen["prompt_threshold"], chosen["segmenter_threshold"])]
+    scores: dict[str, list] = {}
+    start = time.time()
+    for image_id in tqdm(ids, desc=f"VL-SAM {args.split}", unit="image"):
+        info = images[image_id]
+        image = Image.open(root / args.split / info["file_name"]).convert("RGB")
+        w, h = info["width"], info["height"]
+        obs = dict(
+            zip(
+                ("full", "earlier"),
+                observations_for(guard, image, image_id, args.split, sorted(gt[image_id]), args.cache),
+            )
+        )
+        for p_t, s_t in grid:
+            confs = configurations(p_t, s_t)
+            if calib:
+                confs = {"full": confs["full"]}
+            for name, (cfg, seg, source) in confs.items():
+                key = f"{name} @ {p_t},{s_t}" if calib else name
+                result = result_from(obs[source], image, seg, cfg)
+                scores.setdefault(key, []).append(score_image(result, gt[image_id], w, h))
+    seconds = time.time() - start
+    results = {k: aggregate(v) for k, v in scores.items()}
+    out = {
+        "split": args.split,
+        "images": len(ids),
+        "pairs": sum(len(p["pointing"]) for p in next(iter(scores.values()))),
+        "instances": sum(len(p["recall50"]) for p in next(iter(scores.values()))),
+        "segmenter": "MapSegmenter (offline stand-in for SAM; no SAM weights here)",
+        "seconds": round(seconds, 1),
+        "command": "python scripts/eval_vlsam.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+        "results": results,
+    }
+    if calib:
+        best = max(results, key=lambda k: (results[k]["iou"]["mean"], results[k]["pointing"]["mean"]))
+        p_t, s_t = (float(v) for v in best.split("@ ")[1].split(","))
+        out["chosen"] = {"prompt_threshold": p_t, "segmenter_threshold": s_t, "by": "box IoU, then pointing"}
+    else:
+        base = scores["full"]
+        out["paired_vs_full"] = {
+            k: {
+                m: bootstrap([[a - b for a, b in zip(r[m], f[m])] for r, f in zip(v, base)])
+                for m in ("pointing", "iou", "recall50")
+            }
+            for k, v in scores.items()
+            if k != "full"
+        }
+        out["thresholds"] = {"prompt_threshold": grid[0][0], "segmenter_threshold": grid[0][1]}
+    (args.out / f"vlsam_detect_{args.split}.json").write_text(json.dumps(out, indent=2))
+    lines = [
+        f"{args.split}: {len(ids)} images, {out['pairs']} (image, category) pairs, {out['instances']} GT instances; "
+        "segmenter: MapSegmenter (no SAM)",
+        "",
+        "| configuration | pointing (box) | pointing (mask) | category said | box IoU | recall@0.5 | precision@0.5 | detections/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(r):
+        return f"{r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+
+    for k, r in results.items():
+        lines.append(
+            f"| {k} | {cell(r['pointing'])} | {cell(r['pointing_mask'])} | {r['mentioned']['mean']:.3f} | {cell(r['iou'])} "
+            f"| {cell(r['recall50'])} | {r['precision50']:.3f} | {r['detections_per_image']:.1f} |"
+        )
+    if not calib:
+        lines += ["", "| minus full (paired, 95% CI) | pointing (box) | box IoU | recall@0.5 |", "|---|---|---|---|"]
+        for k, d in out["paired_vs_full"].items():
+            lines.append(
+                f"| {k} | "
+                + " | ".join(
+                    f"{d[m]['mean']:+.3f} [{d[m]['ci95'][0]:+.3f}, {d[m]['ci95'][1]:+.3f}]"
+                    for m in ("pointing", "iou", "recall50")
+                )
+                + " |"
+            )
+    else:
+        lines += ["", f"chosen: {out['chosen']}"]
+    text = "\n".join(lines)
+    print(text)
+    print(f"({seconds:.0f} s)")
+    (args.out / f"vlsam_detect_{args.split}_table.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

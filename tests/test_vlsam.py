@@ -252,3 +252,302 @@ def test_layer_sum_ablation_adds_instead_of_multiplying():
     got = attention_flow(layers, allowed, cfg)
     want = sum((p * p.amax(-1).mean(-1)[:, None, None]).mean(0) for p in layers)
     torch.testing.assert_close(got, want)
+
+
+# --- issue 19: the VL-SAM system (regions, prompts, refinement, views, ensemble, NMS, words) -----
+
+from lvlm_guard.vlsam import (  # noqa: E402
+    MapSegmenter,
+    Observations,
+    Prediction,
+    VLSamConfig,
+    label_regions,
+    largest_region,
+    masked_points,
+    mention_spans,
+    nms,
+    refine,
+    region_points,
+    views,
+)
+from lvlm_guard.vlsam.detect import WordMap, box_iou, merged_maps  # noqa: E402
+
+
+def two_blobs() -> np.ndarray:
+    """float64 map: a big plateau blob (left) and a smaller blob with the higher peak (right)."""
+    m = np.zeros((12, 16), dtype=np.float64)
+    m[2:9, 1:6] = 0.6  # 35 pixels
+    m[5, 3] = 0.7  # the big blob's own maximum
+    m[3:6, 10:13] = 0.8  # 9 pixels
+    m[4, 11] = 1.0  # global maximum, in the small blob
+    m[11, 15] = -0.5  # global minimum
+    return m
+
+
+def bfs_labels(binary: np.ndarray) -> list[set]:
+    """Reference regions by plain BFS, 4-connected."""
+    seen, regions = set(), []
+    for y in range(binary.shape[0]):
+        for x in range(binary.shape[1]):
+            if binary[y, x] and (y, x) not in seen:
+                todo, region = [(y, x)], set()
+                seen.add((y, x))
+                while todo:
+                    cy, cx = todo.pop()
+                    region.add((cy, cx))
+                    for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                        if 0 <= ny < binary.shape[0] and 0 <= nx < binary.shape[1] and binary[ny, nx]:
+                            if (ny, nx) not in seen:
+                                seen.add((ny, nx))
+                                todo.append((ny, nx))
+                regions.append(region)
+    return regions
+
+
+def test_largest_region_wins_over_highest_peak_and_points_follow():
+    m = two_blobs()
+    big = largest_region(m >= 0.5)
+    assert big.sum() == 35 and big[5, 3] and not big[4, 11]
+    p = region_points(m, threshold=0.5)
+    assert p.positive == (3, 5)  # max inside the largest region, not the global max (11, 4)
+    assert p.negative == (15, 11)  # global minimum
+    q = region_points(m, threshold=0.5, connected_region=False)
+    assert q.positive == (11, 4) and q.negative == (15, 11)
+
+
+def test_region_ties_are_first_in_raster_order_and_labels_match_bfs():
+    tie = np.zeros((6, 9), dtype=bool)
+    tie[3:5, 1:3] = True  # 4 pixels, starts on row 3
+    tie[0:2, 6:8] = True  # 4 pixels, starts on row 0: first in raster order
+    assert largest_region(tie)[0, 6] and not largest_region(tie)[3, 1]
+    flat = np.zeros((4, 4))
+    assert region_points(flat).positive == (0, 0) and region_points(flat).negative == (0, 0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        binary = rng.random((13, 17)) < 0.45
+        labels, count = label_regions(binary)
+        want = bfs_labels(binary)
+        assert count == len(want)
+        got = [set(zip(*np.nonzero(labels == k))) for k in range(1, count + 1)]
+        assert sorted(map(sorted, got)) == sorted(map(sorted, want))
+        firsts = [min(r) for r in got]
+        assert firsts == sorted(firsts)  # labels in raster order of first pixel
+    diagonal = np.eye(3, dtype=bool)
+    assert label_regions(diagonal)[1] == 3 and label_regions(diagonal, connectivity=8)[1] == 1
+
+
+def test_masked_points_resample_inside_the_mask():
+    m = two_blobs()
+    mask = np.zeros_like(m, dtype=bool)
+    mask[3:6, 10:13] = True
+    p = masked_points(m, mask, threshold=0.5)
+    assert p.positive == (11, 4) and mask[4, 11]
+    assert not mask[p.negative[1], p.negative[0]] and p.negative == (15, 11)
+    assert masked_points(m, np.zeros_like(mask)).positive == region_points(m).positive
+
+
+class RecordingSegmenter:
+    """Returns fixed masks in turn and records every call's prompts and prior."""
+
+    def __init__(self, masks):
+        self.masks, self.calls = list(masks), []
+
+    def predict(self, image, heatmap, positives, negatives, prior=None):
+        self.calls.append((positives, negatives, prior))
+        mask = torch.from_numpy(self.masks[len(self.calls) - 1])
+        return Prediction(mask, float(len(self.calls)), f"prior-{len(self.calls)}")
+
+
+def test_refinement_feeds_the_mask_back_and_resamples_in_it():
+    m = torch.from_numpy(two_blobs())
+    small = np.zeros((12, 16), dtype=bool)
+    small[3:6, 10:13] = True
+    seg = RecordingSegmenter([small, small, small])
+    out = refine(seg, None, m, VLSamConfig(threshold=0.5))
+    assert len(seg.calls) == 3
+    (p1, n1, prior1), (p2, n2, prior2), (p3, n3, prior3) = seg.calls
+    assert prior1 is None and p1 == [(3, 5)] and n1 == [(15, 11)]
+    assert prior2 == "prior-1" and p2 == p1  # stage 1: same points, first output as mask prompt
+    assert prior3 == "prior-2" and p3 == [(11, 4)]  # stage 2: re-sampled inside stage 1's mask
+    assert out.prediction.score == 3.0 and out.prompts[-1].positive == (11, 4)
+    seg = RecordingSegmenter([small])
+    assert refine(seg, None, m, VLSamConfig(refinement=False)).prediction.score == 1.0 and len(seg.calls) == 1
+
+
+def test_map_segmenter_is_the_region_around_the_point():
+    m = torch.from_numpy(two_blobs())
+    pred = MapSegmenter(0.5).predict(None, m, [(3, 5)], [(15, 11)])
+    assert int(pred.mask.sum()) == 35 and pred.mask[5, 3]
+    earlier = MapSegmenter(0.5, relative_to="max", connected=False).predict(None, m, [(11, 4)], [])
+    assert torch.equal(earlier.mask, torch.from_numpy(two_blobs() >= 0.5))  # the earlier box_from_map region
+    prior = np.zeros((12, 16), dtype=bool)
+    prior[4:6, 2:5] = True
+    assert int(MapSegmenter(0.5).predict(None, m, [(3, 5)], [], prior).mask.sum()) == 6
+
+
+def brute_force_nms(boxes, scores, thr, groups):
+    """The unique subset S: no two same-group members overlap > thr, and every non-member overlaps
+    > thr a same-group member that ranks above it (found by trying every subset)."""
+    n = len(boxes)
+    rank = sorted(range(n), key=lambda i: (-scores[i], i))
+    pos = {i: r for r, i in enumerate(rank)}
+
+    def clash(i, j):
+        return groups[i] == groups[j] and box_iou(boxes[i], boxes[j]) > thr
+
+    for bits in range(1 << n):
+        s = [i for i in range(n) if bits >> i & 1]
+        if any(clash(i, j) for i in s for j in s if i < j):
+            continue
+        if all(any(clash(i, j) and pos[j] < pos[i] for j in s) for i in range(n) if i not in s):
+            return sorted(s, key=pos.get)
+    raise AssertionError("no subset")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    boxes = []
+    for _ in range(8):
+        x, y = rng.uniform(0, 20, 2)
+        w, h = rng.uniform(4, 14, 2)
+        boxes.append((x, y, x + w, y + h))
+    scores = rng.choice([0.1, 0.5, 0.9], 8).tolist()  # ties on purpose
+    groups = rng.choice(["a", "b"], 8).tolist()
+    assert nms(boxes, scores, 0.3, groups) == brute_force_nms(boxes, scores, 0.3, groups)
+    assert nms(boxes, scores, 0.3) == brute_force_nms(boxes, scores, 0.3, ["g"] * 8)
+
+
+def test_views_and_crop_coordinates_round_trip():
+    vs = views(45, 31)
+    assert [v.name for v in vs] == ["full", "top-left", "top-right", "bottom-left", "bottom-right"]
+    assert vs[1].box == (0, 0, 22, 15) and vs[4].box == (23, 16, 45, 31)
+    assert all(v.x1 - v.x0 == 22 and v.y1 - v.y0 == 15 for v in vs[1:])
+    assert len(views(45, 31, multi_scale=False)) == 1
+    img = Image.fromarray(np.arange(31 * 45 * 3, dtype=np.uint8).reshape(31, 45, 3))
+    for v in vs:
+        crop = np.array(v.crop(img))
+        for point in [(0, 0), (5, 7), (v.x1 - v.x0 - 1, v.y1 - v.y0 - 1)]:
+            fx, fy = v.to_full(point)
+            assert v.to_view((fx, fy)) == point
+            assert (crop[point[1], point[0]] == np.array(img)[fy, fx]).all()  # same pixel
+        values = torch.rand(v.y1 - v.y0, v.x1 - v.x0)
+        full, covered = v.paste(values, (31, 45))
+        assert torch.equal(full[v.y0 : v.y1, v.x0 : v.x1], values) and int(covered.sum()) == values.numel()
+        assert v.box_to_full((1, 2, 3, 4)) == (1 + v.x0, 2 + v.y0, 3 + v.x0, 4 + v.y0)
+
+
+def test_ensemble_and_views_merge_by_per_pixel_mean_and_select_subsets():
+    vs = views(8, 6)
+    a, b = torch.full((6, 8), 0.2), torch.full((6, 8), 0.6)
+    corner = torch.ones(3, 4)
+    obs = Observations(
+        (6, 8),
+        [
+            WordMap(vs[0], "q1", "dog", "dog", a),
+            WordMap(vs[0], "q2", "puppy", "dog", b),
+            WordMap(vs[4], "q1", "dog", "dog", corner),
+            WordMap(vs[0], "q2", "cat", "cat", a),
+        ],
+    )
+    merged = merged_maps(obs)
+    assert torch.allclose(merged["dog"][0, 0], torch.tensor(0.4))  # two questions, full view only
+    assert torch.allclose(merged["dog"][5, 7], torch.tensor((0.2 + 0.6 + 1.0) / 3))  # + the corner view
+    assert torch.equal(merged["cat"], a)
+    cfg = VLSamConfig(questions=("q1", "q2"))
+    assert len(obs.select(cfg).maps) == 4
+    assert [m.question for m in obs.select(VLSamConfig(questions=("q1", "q2"), ensemble=False)).maps] == ["q1", "q1"]
+    assert [m.view.name for m in obs.select(VLSamConfig(questions=("q1", "q2"), multi_scale=False)).maps] == [
+        "full",
+        "full",
+        "full",
+    ]
+
+
+class WordTokenizer:
+    """Whitespace tokenizer: token k is the k-th word, decoded with single spaces."""
+
+    def __init__(self, words):
+        self.words = words
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(self.words[i] for i in ids)
+
+
+def test_words_from_a_description_at_their_token_positions():
+    words = "A woman is next to a red traffic light and two hot dogs .".split()
+    tok = WordTokenizer(words)
+    ids = list(range(len(words)))
+    found = [("woman", "person", 2, 7), ("traffic light", "traffic light", 25, 38), ("hot dogs", "hot dog", 47, 55)]
+    text, mentions = mention_spans(tok, ids, lambda t: found)
+    assert text[2:7] == "woman" and text[25:38] == "traffic light" and text[47:55] == "hot dogs"
+    assert [(m.category, m.token_start, m.token_end) for m in mentions] == [
+        ("person", 1, 2),
+        ("traffic light", 7, 9),
+        ("hot dog", 11, 13),
+    ]
+    pytest.importorskip("nltk")
+    from lvlm_guard.vlsam.describe import coco_object_words
+
+    real = mention_spans(tok, ids)[1]  # CHAIR's finder on the same text
+    assert [(m.word, m.category, m.token_start, m.token_end) for m in real] == [
+        ("woman", "person", 1, 2),
+        ("traffic light", "traffic light", 7, 9),
+        ("hot dogs", "hot dog", 11, 13),
+    ]
+    assert coco_object_words("No objects here.") == []
+
+
+def test_description_flow_on_tiny_llava_reads_the_generated_tokens():
+    from lvlm_guard.vlsam import describe, token_maps
+    from lvlm_guard.vlsam.describe import DescribeConfig
+
+    model, processor = tiny_llava()
+    guard = lg.attach(model, processor, [])
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (36, 44, 3), dtype=np.uint8))
+    said = describe(guard, img, "Describe.", DescribeConfig(max_new_tokens=6), words=lambda t: [("x", "x", 0, 1)])
+    assert len(said.token_ids) >= 1 and said.mentions[0].token_start == 0
+    (heat,) = token_maps(guard, img, "Describe.", said.token_ids, [(0, 1)], [FlowConfig()])[0]
+    assert heat.shape == (36, 44)
+    # the map is read at the given token: another span gives another map
+    ids = list(said.token_ids) + [5, 6]
+    one, two = token_maps(guard, img, "Describe.", ids, [(0, 1), (len(ids) - 1, len(ids))], [FlowConfig()])[0]
+    assert not torch.equal(one, two)
+    with pytest.raises(InputMismatchError):
+        token_maps(guard, img, "Describe.", ids, [(0, len(ids) + 1)], [FlowConfig()])
+    guard.detach()
+
+
+def reference_paper_flow(layers, n_layers_denominator=None):
+    """Paper Eq. 1-3 entry by entry in float64: W_h = mean_i max_j S, S' = mean_h W_h S_h, column j
+    times 1 - (L0_j - 1)/D (D = N, or L), S~ = (I + S')(I + S~) as explicit sums over k."""
+    n = layers[0].shape[-1]
+    flow = None
+    for s in layers:
+        heads = s.shape[0]
+        w = [sum(max(s[h, i, j].item() for j in range(n)) for i in range(n)) / n for h in range(heads)]
+        a = [[sum(w[h] * s[h, i, j].item() for h in range(heads)) / heads for j in range(n)] for i in range(n)]
+        for j in range(n):
+            l0 = n - j  # causal: rows j..n-1 see key j
+            d = n if n_layers_denominator is None else n_layers_denominator
+            factor = max(0.0, 1 - (l0 - 1) / d)
+            for i in range(n):
+                a[i][j] *= factor
+        if flow is None:
+            flow = a
+            continue
+        flow = [
+            [sum(((i == k) + a[i][k]) * ((k == j) + flow[k][j]) for k in range(n)) for j in range(n)] for i in range(n)
+        ]
+    return torch.tensor(flow, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("denominator", ["tokens", "layers"])
+def test_flow_against_entrywise_paper_reference(denominator):
+    layers = causal_probs(3, 2, 6, seed=11)
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril()
+    got = attention_flow(layers, allowed, FlowConfig(regularize_denominator=denominator))
+    want = reference_paper_flow(layers, None if denominator == "tokens" else 3)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(InterventionConfigError):
+        FlowConfig(regularize_denominator="rows")

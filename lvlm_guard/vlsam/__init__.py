@@ -10,6 +10,22 @@ from lvlm_guard.vlsam.attention_maps import (
     head_weights,
     map_to_image,
 )
+from lvlm_guard.vlsam.describe import DescribeConfig, Description, ObjectMention, describe, mention_spans
+from lvlm_guard.vlsam.detect import (
+    EARLIER,
+    Detection,
+    DetectionResult,
+    Observations,
+    View,
+    VLSamConfig,
+    ablated,
+    detect,
+    nms,
+    observe,
+    refine,
+    result_from,
+    views,
+)
 from lvlm_guard.vlsam.locate import (
     Located,
     attention_maps,
@@ -17,11 +33,46 @@ from lvlm_guard.vlsam.locate import (
     locate,
     located_from_map,
     segment,
+    token_maps,
 )
-from lvlm_guard.vlsam.prompts import PromptConfig, box_from_map, sample_points
-from lvlm_guard.vlsam.sam import SamRunner, load_sam
+from lvlm_guard.vlsam.prompts import (
+    PointPrompt,
+    PromptConfig,
+    box_from_map,
+    masked_points,
+    region_points,
+    sample_points,
+)
+from lvlm_guard.vlsam.regions import label_regions, largest_region
+from lvlm_guard.vlsam.sam import MapSegmenter, Prediction, SamRunner, load_sam
 
 __all__ = [
+    "EARLIER",
+    "DescribeConfig",
+    "Description",
+    "Detection",
+    "DetectionResult",
+    "MapSegmenter",
+    "ObjectMention",
+    "Observations",
+    "PointPrompt",
+    "Prediction",
+    "VLSamConfig",
+    "View",
+    "ablated",
+    "describe",
+    "detect",
+    "label_regions",
+    "largest_region",
+    "masked_points",
+    "mention_spans",
+    "nms",
+    "observe",
+    "refine",
+    "region_points",
+    "result_from",
+    "token_maps",
+    "views",
     "FlowConfig",
     "FlowTaps",
     "Located",

@@ -18,7 +18,11 @@ the arXiv page itself (https://arxiv.org/html/2410.05963v1) was only reachable u
 - Regularization against the causal "attention collapse" onto the first tokens: a column whose
   unmasked length (rows that may attend to it) is L0 is multiplied by 1 - (L0 - 1) / N; under a
   causal mask column j (0-based) gets (j + 1) / N. It is applied to every layer's S' here (the
-  text does not say more precisely where).
+  text does not say more precisely where). The denominator is open: the note we read writes
+  1 - (L0 - 1) / L, and L is the number of layers in its own notation for S `[N, N, H, L]`; we take
+  N (tokens), because with L (8 here, 32 in the paper) the factor is negative for every column
+  with L0 > L + 1, i.e. nearly all of them. `FlowConfig.regularize_denominator="layers"` is that
+  literal reading (factor clamped at 0), kept so the choice is visible and testable.
 - The map: the object word's rows of S~_L, the image tokens' columns.
 
 Our earlier version had R_l = A_l R_{l-1}, a factor 1 - L0/N (the first column zeroed) and rows
@@ -60,6 +64,8 @@ class FlowConfig:
     image_only: keep only image-token columns of every layer's map, so the flow passes through
         image tokens only (our option; the paper propagates over the whole sequence).
     start_layer, end_layer: only layers [start_layer, end_layer) take part (end None: the last).
+    regularize_denominator: "tokens" 1 - (L0 - 1)/N (our reading), or "layers" 1 - (L0 - 1)/L with L
+        the number of layers, clamped at 0 (the note's literal "/L"); the source is open on this.
 
     Defaults: the paper's flow (Sec. 3.2). Our calibration (tiny-coco calib split, 80 images,
     evals/results/vlsam/vlsam.md) picked `combine="sum", renormalize=True, image_only=True` by
@@ -75,8 +81,13 @@ class FlowConfig:
     image_only: bool = False
     start_layer: int = 0
     end_layer: int | None = None
+    regularize_denominator: str = "tokens"  # open in the source, see the module docstring
 
     def __post_init__(self) -> None:
+        if self.regularize_denominator not in ("tokens", "layers"):
+            raise InterventionConfigError(
+                f"FlowConfig: regularize_denominator must be 'tokens' or 'layers', got {self.regularize_denominator!r}"
+            )
         if self.head_weighting not in HEAD_WEIGHTINGS:
             raise InterventionConfigError(f"FlowConfig: unknown head_weighting {self.head_weighting!r}")
         if self.combine not in COMBINES:
@@ -115,23 +126,35 @@ def aggregate_heads(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (probs * weights[:, None, None]).mean(dim=0)
 
 
-def regularize_columns(layer_map: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Scale column j by 1 - (L0_j - 1) / N, L0_j = how many rows may attend to key j.
+def regularize_columns(
+    layer_map: torch.Tensor, allowed: torch.Tensor, denominator: float | None = None
+) -> torch.Tensor:
+    """Scale column j by 1 - (L0_j - 1) / D, L0_j = how many rows may attend to key j (Sec. 3.2).
 
-    `allowed` `[N, N]` bool is the attention mask (row i may see key j); N counts real rows.
+    `allowed` `[N, N]` bool is the attention mask (row i may see key j). D: N, the real rows, when
+    `denominator` is None (our reading); else the number given (the number of layers for the
+    note's literal "/L"), and the factor is clamped at 0 so no column turns negative.
     """
-    n = allowed.any(dim=-1).sum().clamp_min(1).to(layer_map.dtype)
+    n = allowed.any(dim=-1).sum().clamp_min(1).to(layer_map.dtype) if denominator is None else denominator
     seen_by = allowed.to(layer_map.dtype).sum(dim=0)  # [N]
-    return layer_map * (1.0 - (seen_by - 1.0).clamp_min(0) / n)[None, :]
+    return layer_map * (1.0 - (seen_by - 1.0).clamp_min(0) / n).clamp_min(0)[None, :]
 
 
 def prepare_layer(
-    layer_map: torch.Tensor, allowed: torch.Tensor, cfg: FlowConfig, image_tokens: torch.Tensor | None = None
+    layer_map: torch.Tensor,
+    allowed: torch.Tensor,
+    cfg: FlowConfig,
+    image_tokens: torch.Tensor | None = None,
+    num_layers: int | None = None,
 ) -> torch.Tensor:
-    """A'_l: one layer's head-aggregated map after regularization, restriction, re-normalization."""
+    """A'_l: one layer's head-aggregated map after regularization, restriction, re-normalization.
+
+    `num_layers`: L, needed only by `regularize_denominator="layers"`."""
     a = layer_map
     if cfg.regularize:
-        a = regularize_columns(a, allowed)
+        if cfg.regularize_denominator == "layers" and num_layers is None:
+            raise InputMismatchError("attention flow: regularize_denominator='layers' needs the number of layers")
+        a = regularize_columns(a, allowed, float(num_layers) if cfg.regularize_denominator == "layers" else None)
     if cfg.image_only:
         if image_tokens is None:
             raise InputMismatchError("attention flow: image_only needs the image-token mask")
@@ -175,7 +198,8 @@ def attention_flow(
         if not cfg.uses_layer(index):
             continue
         w = head_weights(probs, rows, cfg.head_weighting)
-        running = flow_step(running, prepare_layer(aggregate_heads(probs, w), allowed, cfg, image_tokens), cfg)
+        a = prepare_layer(aggregate_heads(probs, w), allowed, cfg, image_tokens, len(layers))
+        running = flow_step(running, a, cfg)
     if running is None:
         raise InputMismatchError(f"attention_flow: no layer of {len(layers)} inside the window of {cfg}")
     return running
@@ -203,6 +227,7 @@ class FlowTaps(Taps):
     flows: tuple[FlowConfig, ...] = (DEFAULT_FLOW,)
     key_allowed: torch.Tensor | None = None  # [b, N, N] bool, set before the forward
     image_tokens: torch.Tensor | None = None  # [b, N] bool, set before the forward (image_only flows)
+    num_layers: int | None = None  # L of the model (regularize_denominator="layers")
     running: list[torch.Tensor | None] = field(default_factory=list)
     layers_seen: list[int] = field(default_factory=list)
 
@@ -226,7 +251,7 @@ class FlowTaps(Taps):
             steps = []
             for b, layer_map in enumerate(maps[cfg.head_weighting]):
                 prev = None if self.running[i] is None else self.running[i][b]
-                a = prepare_layer(layer_map, allowed[b], cfg, None if image is None else image[b])
+                a = prepare_layer(layer_map, allowed[b], cfg, None if image is None else image[b], self.num_layers)
                 steps.append(flow_step(prev, a, cfg))
             self.running[i] = torch.stack(steps)
         self.layers_seen.append(layer)

@@ -54,24 +54,31 @@ def _word_span(tokenizer, answer: str, word: str) -> tuple[list[int], int, int]:
     return ids, start, end
 
 
-def attention_maps_for_flows(
+def token_maps(
     guard: Guard,
     image,
-    answer: str,
-    words: list[str],
+    prompt: str,
+    answer_ids: Sequence[int],
+    spans: Sequence[tuple[int, int]],
     flows: Sequence[FlowConfig],
-    prompt: str = DEFAULT_PROMPT,
-) -> list[dict[str, torch.Tensor]]:
-    """One `{word: [H, W] map}` per flow, all from one forward over image + prompt + `answer`."""
-    if not words or not flows:
-        return [{} for _ in flows]
+) -> list[list[torch.Tensor]]:
+    """Per flow, one `[H, W]` map per token span [start, end) of `answer_ids` (paper Sec. 3.2).
+
+    One forward over image + `prompt` + `answer_ids` (the answer as generated, so the attention
+    is the one the model had while generating it), recorded with `FlowTaps`. A span of several
+    tokens takes the mean of their flow rows (the paper speaks of "the object token"; a word of
+    two tokens gets both).
+    """
+    if not spans or not flows:
+        return [[] for _ in flows]
     spec = guard.adapter.spec
     for cfg in flows:
         layer_range("vlsam", cfg.start_layer, cfg.end_layer, spec)
-    tokenizer = guard.processor.tokenizer
     inputs = guard.prepare([image], [prompt])
-    spans = [_word_span(tokenizer, answer, w) for w in words]
-    ids = torch.tensor([spans[0][0]], device=inputs["input_ids"].device)
+    ids = torch.tensor([list(answer_ids)], dtype=inputs["input_ids"].dtype, device=inputs["input_ids"].device)
+    for start, end in spans:
+        if not 0 <= start < end <= ids.shape[1]:
+            raise InputMismatchError(f"token_maps: span [{start}, {end}) outside the {ids.shape[1]} answer tokens")
     prompt_len = inputs["input_ids"].shape[1]
     input_ids = torch.cat([inputs["input_ids"], ids], dim=1)
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(ids)], dim=1)
@@ -80,7 +87,7 @@ def attention_maps_for_flows(
     allowed = causal & mask[0].bool()[None, :] & mask[0].bool()[:, None]
     image_tokens = guard.adapter.image_token_mask(input_ids)  # [1, N]
     layers = frozenset(i for i in range(spec.num_layers) if any(cfg.uses_layer(i) for cfg in flows))
-    taps = FlowTaps(attention_layers=layers, prefill_only=True, flows=tuple(flows))
+    taps = FlowTaps(attention_layers=layers, prefill_only=True, flows=tuple(flows), num_layers=spec.num_layers)
     taps.key_allowed = allowed[None]
     taps.image_tokens = image_tokens
     forward = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
@@ -99,13 +106,30 @@ def attention_maps_for_flows(
     out = []
     for running in taps.running:
         flow_rows = running[0]
-        maps = {}
-        for word, (_, start, end) in zip(words, spans):
+        maps = []
+        for start, end in spans:
             rows = flow_rows[prompt_len + start : prompt_len + end]
             scores = rows.mean(dim=0)[image_pos.to(rows.device)]
-            maps[word] = map_to_image(scores.float().cpu(), (side, side), size)
+            maps.append(map_to_image(scores.float().cpu(), (side, side), size))
         out.append(maps)
     return out
+
+
+def attention_maps_for_flows(
+    guard: Guard,
+    image,
+    answer: str,
+    words: list[str],
+    flows: Sequence[FlowConfig],
+    prompt: str = DEFAULT_PROMPT,
+) -> list[dict[str, torch.Tensor]]:
+    """One `{word: [H, W] map}` per flow, all from one forward over image + prompt + `answer`."""
+    if not words or not flows:
+        return [{} for _ in flows]
+    tokenizer = guard.processor.tokenizer
+    spans = [_word_span(tokenizer, answer, w) for w in words]
+    per_flow = token_maps(guard, image, prompt, spans[0][0], [(start, end) for _, start, end in spans], flows)
+    return [dict(zip(words, maps)) for maps in per_flow]
 
 
 def attention_maps(
