@@ -74,6 +74,7 @@ def tiny_llava(
     hidden: int = 32,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    vision_layers: int = 2,
 ):
     """A random LlavaForConditionalGeneration + LlavaProcessor (16 image tokens at the defaults)."""
     tokenizer = tiny_tokenizer()
@@ -82,7 +83,7 @@ def tiny_llava(
             model_type="clip_vision_model",
             hidden_size=32,
             intermediate_size=64,
-            num_hidden_layers=2,
+            num_hidden_layers=vision_layers,
             num_attention_heads=2,
             image_size=image_size,
             patch_size=patch_size,

@@ -7,13 +7,14 @@ image tokens of every sequence are). One family = one file in this folder.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from lvlm_guard.errors import InputMismatchError
+from lvlm_guard.errors import ClsAttentionUnavailableError, InputMismatchError
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class ModelAdapter:
     unquantized_modules: ClassVar[tuple[str, ...]] = ("lm_head",)
     #: the literal placeholder users may type in a prompt for one image
     image_placeholder: ClassVar[str] = "<image>"
+    #: why `cls_attention_modules` cannot serve this family (PAINT's error message)
+    no_cls_attention: ClassVar[str] = "the adapter does not expose its vision tower's CLS attention"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -85,6 +88,26 @@ class ModelAdapter:
             head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
             hidden_size=cfg.hidden_size,
         )
+
+    # --- vision tower: CLS attention (PAINT) --------------------------------------------------
+    def cls_attention_modules(self, vit_layers: Sequence[int]) -> list[nn.Module]:
+        """The vision tower's self-attention modules of `vit_layers` (negative: from the end), whose
+        CLS->patch attention PAINT reads; a forward pre-hook on one sees its (layer-normed) input.
+
+        Raises ClsAttentionUnavailableError naming the family and why where the tower has no CLS
+        token (SigLIP, Qwen2-VL's ViT) or its image tokens do not map back to one tower pass."""
+        raise ClsAttentionUnavailableError(f"{self.family or type(self).__name__}: {self.no_cls_attention}")
+
+    def cls_query_key(self, module: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """From a `cls_attention_modules` module's input `hidden` `[n_images, tokens, D]` (CLS first):
+        the CLS query `[n, heads, 1, d]`, every key `[n, heads, tokens, d]` and the score scale."""
+        raise ClsAttentionUnavailableError(f"{self.family or type(self).__name__}: {self.no_cls_attention}")
+
+    def patch_values_at_image_tokens(self, values: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Per-patch values `[n_images, patches]` of one tower pass (images in prompt order, patches
+        in the tower's order) placed at the language model's image tokens `[b, seq]` bool: `[b, seq]`
+        float32, 0 at every other position."""
+        raise ClsAttentionUnavailableError(f"{self.family or type(self).__name__}: {self.no_cls_attention}")
 
     # --- inputs ------------------------------------------------------------------------------
     @property

@@ -34,6 +34,10 @@ class Idefics3Adapter(ModelAdapter):
     """
 
     family = "idefics3"
+    no_cls_attention = (
+        "its SigLIP tower has no CLS token (patches only, pixel-shuffled into image tokens), so"
+        " PAINT's CLS->patch attention does not exist here"
+    )
     architectures = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
     # transformers matches these from the start of the module path (or as its suffix)
     unquantized_modules = ("model.vision_model", "model.connector", "lm_head")

@@ -27,5 +27,10 @@ class LlavaNextAdapter(ModelAdapter):
 
     family = "llava_next"
     architectures = ("LlavaNextForConditionalGeneration",)
+    no_cls_attention = (
+        "PAINT's CLS attention is not mapped for anyres inputs: the tower runs once per tile and an"
+        " image's tokens are its base tile, then the unpadded grid with newline slots; only LLaVA-1.5's"
+        " one-pass layout (576 patches per image) is what the official code handles"
+    )
     # transformers matches these from the start of the module path (or as its suffix)
     unquantized_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")

@@ -28,6 +28,10 @@ class Qwen2VLAdapter(ModelAdapter):
     """
 
     family = "qwen2_vl"
+    no_cls_attention = (
+        "its ViT has no CLS token (patches only, merged 2x2 into image tokens), so PAINT's"
+        " CLS->patch attention does not exist here"
+    )
     architectures = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
     # transformers matches these from the start of the module path (or as its suffix)
     unquantized_modules = ("model.visual", "lm_head")
