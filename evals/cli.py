@@ -37,10 +37,10 @@ from evals.chair.task import (
 )
 from evals.chair.vocabulary import VOCABULARIES
 from evals.coco import CocoSplit, find_split, load_split
-from evals.errors import EvalError, GridSpecError, UnknownPopeSplitError
-from evals.grid import run_grid
+from evals.errors import EvalError, GridSpecError, MissingDataError, NotEnoughImagesError, UnknownPopeSplitError
+from evals.grid import check_grid_resumable, run_grid
 from evals.parallel import current_shard
-from evals.pope.build import POPE_NUM_IMAGES, POPE_SPLITS, build_pope_splits
+from evals.pope.build import POPE_MIN_IMAGES, POPE_NUM_IMAGES, POPE_SPLITS, build_pope_splits
 from evals.pope.files import read_pope_file, split_name_of, write_pope_file
 from evals.pope.parse import ANSWER_RULES
 from evals.pope.task import POPE_MAX_NEW_TOKENS, pope_task
@@ -49,6 +49,8 @@ from evals.table import markdown_table
 from evals.task import AnswerFn, Task
 
 MakeAnswerFn = Callable[..., AnswerFn]
+EMBEDDED_MODEL = "tiny-coco"  # the packaged model: its synthetic COCO world is found without --coco-root
+WORLD_SPLIT = "test"
 
 
 def parse_option_value(raw: str) -> Any:
@@ -92,6 +94,22 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def resolve_data(args: argparse.Namespace, default_split: str) -> None:
+    """Fill `args.coco_root` / `args.split`: given ones win; for the embedded model its synthetic
+    world (built on first use); otherwise --coco-root is required."""
+    if args.coco_root is None:
+        if args.model != EMBEDDED_MODEL:
+            raise MissingDataError(
+                f"--coco-root is required for --model {args.model!r} (a folder with <split>/ images and "
+                f"COCO annotations); only {EMBEDDED_MODEL!r} brings its own data"
+            )
+        from lvlm_guard.world.coco_format import ensure_world
+
+        args.split = args.split or WORLD_SPLIT
+        args.coco_root = ensure_world(args.split)
+    args.split = args.split or default_split
+
+
 def _add_common_arguments(
     parser: argparse.ArgumentParser, max_new_tokens: int, num_images: int, coco_root: Path | None, split: str
 ) -> None:
@@ -102,11 +120,13 @@ def _add_common_arguments(
     parser.add_argument(
         "--coco-root",
         type=Path,
-        required=coco_root is None,
         default=coco_root,
-        help="folder with <split>/ images and annotations" + (f" (default {coco_root})" if coco_root else ""),
+        help="folder with <split>/ images and annotations"
+        + (f" (default {coco_root})" if coco_root else f"; for --model {EMBEDDED_MODEL}: its synthetic world"),
     )
-    parser.add_argument("--split", default=split, help=f"image split folder (default {split})")
+    parser.add_argument(
+        "--split", default=None, help=f"image split folder (default {split}; {WORLD_SPLIT} for the synthetic world)"
+    )
     parser.add_argument("--instances", type=Path, help="instances JSON (default: searched under --coco-root)")
     parser.add_argument(
         "--num-images", type=_positive_int, default=num_images, help=f"images to sample (default {num_images})"
@@ -188,6 +208,7 @@ def add_eval_subcommand(
     def run(args: argparse.Namespace) -> int:
         if args.eval_task == "rescore":
             return rescore_command(args)
+        args.default_split = default_split
         return run_eval_command(args, make_answer_fn)
 
     parser.set_defaults(func=run)
@@ -226,10 +247,12 @@ def build_pope_task(args: argparse.Namespace, write_questions: bool) -> Task:
         split = load_split(files, with_captions=args.pope_ground_truth == "instances+captions")
         if split.captions:
             split = with_caption_objects(split)
+        if args.num_images < POPE_MIN_IMAGES:
+            raise NotEnoughImagesError(
+                f"--num-images {args.num_images}: POPE needs at least {POPE_MIN_IMAGES} images (negatives are "
+                "drawn among the categories of the sampled images; the protocol uses 500)"
+            )
         question_sets = build_pope_splits(split, args.num_images, args.seed, strategies)
-        if write_questions:
-            for strategy, questions in question_sets.items():
-                write_pope_file(questions, args.out / "questions" / f"coco_pope_{strategy}.json")
         config = {
             "source": "built",
             "coco_split": args.split,
@@ -237,7 +260,7 @@ def build_pope_task(args: argparse.Namespace, write_questions: bool) -> Task:
             "seed": args.seed,
             "ground_truth": args.pope_ground_truth,
         }
-    return pope_task(
+    task = pope_task(
         question_sets,
         files.image_path,
         max_new_tokens=args.max_new_tokens,
@@ -245,6 +268,16 @@ def build_pope_task(args: argparse.Namespace, write_questions: bool) -> Task:
         limit=args.limit,
         config=config,
     )
+    if write_questions and config["source"] == "built":
+        check_grid_resumable(task, guard_configurations(args.guard, args.grid), args.out, _run_info(args))
+        for strategy, questions in question_sets.items():  # only once the folder is known to be this run's
+            write_pope_file(questions, args.out / "questions" / f"coco_pope_{strategy}.json")
+    return task
+
+
+def _run_info(args: argparse.Namespace) -> Callable[[str], dict[str, str]]:
+    configurations = guard_configurations(args.guard, args.grid)
+    return lambda name: {"model": args.model, "guard": configurations[name]}
 
 
 def build_chair_task(args: argparse.Namespace) -> Task:
@@ -282,9 +315,13 @@ def rescore_command(args: argparse.Namespace) -> int:
 def run_eval_command(args: argparse.Namespace, make_answer_fn: MakeAnswerFn) -> int:
     """Build the task, run every configuration, print the table; 2 on a bad input, else 0."""
     try:
+        configurations = guard_configurations(args.guard, args.grid)
+        validate = getattr(make_answer_fn, "validate_spec", None)  # the library's spec check, if it has one
+        for spec in configurations.values() if validate is not None else ():
+            validate(spec)  # a bad third configuration fails before the first one runs, and before data loads
+        resolve_data(args, getattr(args, "default_split", "val2014"))
         shard = current_shard()
         task = build_pope_task(args, shard.is_main) if args.eval_task == "pope" else build_chair_task(args)
-        configurations = guard_configurations(args.guard, args.grid)
         options = parse_options(args.opt)
         if shard.count > 1:
             options.setdefault("device", shard.device)
@@ -299,7 +336,7 @@ def run_eval_command(args: argparse.Namespace, make_answer_fn: MakeAnswerFn) -> 
             task,
             {name: factory(spec) for name, spec in configurations.items()},
             args.out,
-            run_info=lambda name: {"model": args.model, "guard": configurations[name]},
+            run_info=_run_info(args),
             shard=shard,
             **run_kwargs,
         )

@@ -61,3 +61,7 @@ class UnknownVocabularyError(EvalError, ValueError):
 
 class CaptionsMismatchError(EvalError, ValueError):
     """A reference-captions file does not describe the images of the split it is paired with."""
+
+
+class MissingDataError(EvalError, ValueError):
+    """No benchmark data was named and the model brings none (--coco-root is required)."""

@@ -19,7 +19,7 @@ from typing import Any
 from evals.errors import GridSpecError
 from evals.parallel import ProcessShard, current_shard
 from evals.results import EvalResult, write_json
-from evals.runner import run_task
+from evals.runner import check_identity, run_identity, run_task
 from evals.table import markdown_table
 from evals.task import AnswerFn, LazyAnswerFn, Task
 
@@ -46,6 +46,19 @@ def _release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def check_grid_resumable(
+    task: Task,
+    configurations: Mapping[str, object],
+    out_dir: str | Path,
+    run_info: Callable[[str], Mapping[str, Any]] | None = None,
+) -> None:
+    """Raise ResumeMismatchError, before anything is written, if any configuration's folder holds
+    another run (a grid whose third configuration would be refused must not first run the others)."""
+    for name in configurations:
+        info = {"name": name, **(run_info(name) if run_info is not None else {})}
+        check_identity(Path(out_dir) / folder_name(name), run_identity(task, info), write=False)
+
+
 def run_grid(
     task: Task,
     configurations: Mapping[str, Callable[[], AnswerFn]],
@@ -68,6 +81,7 @@ def run_grid(
         raise GridSpecError(f"configuration names collide as folder names: {sorted(folders)}")
     out_dir = Path(out_dir)
     shard = shard or current_shard()
+    check_grid_resumable(task, configurations, out_dir, run_info)  # a refused resume runs nothing
     results = []
     for name, factory in configurations.items():
         answer_fn = LazyAnswerFn(factory)

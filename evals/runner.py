@@ -33,6 +33,8 @@ from tqdm import tqdm
 from evals.bootstrap import BOOTSTRAP_SAMPLES, CONFIDENCE
 from evals.errors import AnswerCountError, CocoLayoutError, ResumeMismatchError
 from evals.parallel import ProcessShard, current_shard
+from evals.progress import current as job_progress_now
+from evals.progress import item_cost
 from evals.records import RecordWriter, read_record_dir, write_records_atomically
 from evals.results import EvalResult, environment_versions, write_json
 from evals.scoring import require_outputs, score_items, summarize
@@ -124,6 +126,10 @@ def generate(
     pending = pending_items(task, out_dir, shard)
     _check_images(pending)
     total = len(shard.take(task.items))
+    job = job_progress_now()
+    cost = item_cost(task.max_new_tokens)
+    if job is not None and shard.is_main:
+        job.skip((total - len(pending)) * cost)
     with (
         writer,
         tqdm(
@@ -149,6 +155,8 @@ def generate(
                 raise AnswerCountError(f"AnswerFn returned {got} answers for {len(batch)} prompts")
             writer.append(_record(item, str(output)) for item, output in zip(batch, outputs))
             bar.update(len(batch))
+            if job is not None and shard.is_main:
+                job.advance(len(batch) * cost)
     return len(pending)
 
 

@@ -63,6 +63,15 @@ def make_answer_fn(model: str, guard: str, device: str | None = None, **load_opt
     return answer
 
 
+def _validate_spec(spec: str) -> None:
+    from lvlm_guard.methods import parse_guard_spec
+
+    parse_guard_spec(spec)
+
+
+make_answer_fn.validate_spec = _validate_spec  # evals checks every grid entry before running any
+
+
 def _generate(args: argparse.Namespace) -> int:
     from lvlm_guard.guard import attach
     from lvlm_guard.loading import load
@@ -92,22 +101,55 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _main_job(args: argparse.Namespace) -> int:
-    """Baseline vs every registered guard, POPE and CHAIR, on the embedded default's test split."""
+    """Baseline vs the chosen guards (default: every registered one), POPE and CHAIR, on the
+    embedded default's test split, with one overall progress line and the total time at the end."""
+    import time
+
     from evals.cli import eval_main
-    from lvlm_guard.methods import available_methods
+    from evals.pope.build import POPE_MIN_IMAGES, POPE_PER_IMAGE, POPE_SPLITS
+    from evals.pope.task import POPE_MAX_NEW_TOKENS
+    from evals.progress import item_cost, job_progress
+    from lvlm_guard.methods import available_methods, method_class, parse_guard_spec
     from lvlm_guard.world.coco_format import ensure_world
 
+    guards = available_methods() if args.guards is None else [g.strip() for g in args.guards.split(",") if g.strip()]
+    for spec in guards:
+        parse_guard_spec(spec.replace("+", ","))  # every name and setting checked before any work
+    if args.num_images < POPE_MIN_IMAGES:
+        raise InvalidArgumentError(f"--num-images must be >= {POPE_MIN_IMAGES} (POPE needs two images), got {args.num_images}")
+    grid = ",".join(["none", *[g for g in guards if g != "none"]])
+    configurations = grid.count(",") + 1
+    pope_work = configurations * args.num_images * POPE_PER_IMAGE * 2 * len(POPE_SPLITS) * item_cost(POPE_MAX_NEW_TOKENS)
+    chair_work = configurations * args.num_images * item_cost(args.chair_max_new_tokens)
     root = ensure_world(args.split)
-    grid = ",".join(["none", *available_methods()])
     common = [
         "--model", args.model, "--grid", grid, "--coco-root", str(root), "--split", args.split,
         "--num-images", str(args.num_images), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
     ]  # fmt: skip
-    code = eval_main(["eval", "pope", *common, "--out", str(args.out / "pope")], make_answer_fn)
-    if code:
-        return code
     chair = ["--max-new-tokens", str(args.chair_max_new_tokens), "--ground-truth", "instances"]
-    return eval_main(["eval", "chair", *common, *chair, "--out", str(args.out / "chair")], make_answer_fn)
+    started = time.perf_counter()
+    with job_progress(pope_work + chair_work, desc=f"main job ({configurations} configurations x POPE, CHAIR)"):
+        code = eval_main(["eval", "pope", *common, "--out", str(args.out / "pope")], make_answer_fn)
+        if not code:
+            code = eval_main(["eval", "chair", *common, *chair, "--out", str(args.out / "chair")], make_answer_fn)
+    speed = sorted({name for g in guards for name in _method_names(g) if method_class(name).purpose == "speed"})
+    if not code and speed:
+        note = (
+            f"\nNote: {', '.join(speed)} is a speed method (visual tokens leave the model early): its rows show the "
+            "quality it costs, not a reduction of hallucination.\n"
+        )
+        print(note)
+        for bench in ("pope", "chair"):
+            table = args.out / bench / "grid.md"
+            if table.is_file() and note.strip() not in table.read_text(encoding="utf-8"):
+                table.write_text(table.read_text(encoding="utf-8") + note, encoding="utf-8")
+    minutes, seconds = divmod(time.perf_counter() - started, 60)
+    print(f"main job: {int(minutes)} min {seconds:.0f} s this session; results in {args.out}", file=sys.stderr)
+    return code
+
+
+def _method_names(spec: str) -> list[str]:
+    return [part.split(":")[0].strip() for part in spec.replace("+", ",").split(",") if part.strip() not in ("", "none")]
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -142,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     job = sub.add_parser("main", help="the main job: baseline vs every guard on POPE and CHAIR (embedded default)")
     job.add_argument("--model", default=DEFAULT_MODEL)
     job.add_argument("--split", default="test")
-    job.add_argument("--num-images", type=int, default=100, help="images per benchmark (protocol: 500)")
+    job.add_argument("--num-images", type=int, default=100, help="images per benchmark, at least 2 (protocol: 500)")
+    job.add_argument(
+        "--guards", default=None, help="guards to compare with the baseline, e.g. pai,var or 'pai+var' (default: every one)"
+    )
     job.add_argument("--batch-size", type=int, default=16)
     job.add_argument("--chair-max-new-tokens", type=int, default=512)
     job.add_argument("--seed", type=int, default=0)
@@ -161,14 +206,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so that a run stops the way Ctrl-C stops it."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; errors print one line (exit 2); Ctrl-C (130) and SIGTERM (143) say where the
+    results are and that rerunning the same command resumes (records are written batch by batch)."""
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args) or 0
     except GuardError as exc:
         print(f"lvlm-guard: error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as exc:
+        out = getattr(args, "out", None)
+        where = (
+            f" Finished batches are saved under {out}; rerun the same command to resume from there." if out else ""
+        )
+        print(f"\nlvlm-guard: {'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}.{where}",
+              file=sys.stderr)  # fmt: skip
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

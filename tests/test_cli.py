@@ -99,3 +99,54 @@ def test_answer_fn_attaches_per_batch_and_leaves_the_model_clean(saved_model):
     assert len(a) == 2 and len(b) == 1 and all(isinstance(t, str) for t in a + b)
     model, _ = cli._LOADED.get(str(saved_model))  # the same key the answer functions used
     assert not hasattr(model, "_lvlm_guard")
+
+
+def _fake_answers(model, guard, **options):
+    from evals_fixture import fake_answer_fn
+
+    return fake_answer_fn
+
+
+_fake_answers.validate_spec = cli._validate_spec
+
+
+def test_main_job_runs_the_chosen_guards_and_marks_exit_as_a_speed_method(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "make_answer_fn", _fake_answers)
+    out = tmp_path / "main"
+    argv = ["main", "--guards", "pai,exit", "--num-images", "2", "--chair-max-new-tokens", "4", "--out", str(out)]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    for bench in ("pope", "chair"):
+        assert sorted(p.name for p in (out / bench).iterdir() if (p / "results.json").is_file()) == ["exit", "none", "pai"]
+        assert "exit is a speed method" in (out / bench / "grid.md").read_text()
+    assert "main job: " in captured.err and f"results in {out}" in captured.err
+    assert "main job (3 configurations" in captured.err  # the overall progress line
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--guards", "pai:alpha=abc"], "alpha='abc' is not allowed"),
+        (["--guards", "nope"], "unknown guard 'nope'"),
+        (["--num-images", "1"], "--num-images must be >= 2"),
+    ],
+)
+def test_main_job_checks_its_arguments_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(cli, "make_answer_fn", _fake_answers)
+    assert cli.main(["main", *argv, "--out", str(tmp_path / "m")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(("raised", "code", "word"), [(KeyboardInterrupt, 130, "interrupted"), (cli.Terminated, 143, "terminated")])
+def test_an_interrupted_run_says_where_results_are_and_that_rerunning_resumes(tmp_path, monkeypatch, capsys, raised, code, word):
+    def stop(model, guard, **options):
+        def answer(images, prompts, max_new_tokens):
+            raise raised
+
+        return answer
+
+    monkeypatch.setattr(cli, "make_answer_fn", stop)
+    out = tmp_path / "main"
+    assert cli.main(["main", "--guards", "pai", "--num-images", "2", "--out", str(out)]) == code
+    err = capsys.readouterr().err
+    assert word in err and str(out) in err and "rerun the same command to resume" in err and "Traceback" not in err

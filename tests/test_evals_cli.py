@@ -87,7 +87,7 @@ def test_chair_run(coco, tmp_path):
     assert results["config"]["task_config"]["ground_truth"] == "instances"
 
 
-def test_default_coco_root(coco, tmp_path):
+def test_default_coco_root(coco, tmp_path, capsys):
     argv = [
         "eval",
         "chair",
@@ -102,8 +102,50 @@ def test_default_coco_root(coco, tmp_path):
         "--no-progress",
     ]
     assert eval_main(argv, FakeFactory(), default_coco_root=coco) == 0
-    with pytest.raises(SystemExit):  # without a default, --coco-root is required
-        eval_main(argv, FakeFactory())
+    assert eval_main(argv, FakeFactory()) == 2  # no default, not the embedded model: --coco-root is required
+    assert "--coco-root is required for --model 'm'" in capsys.readouterr().err
+
+
+def test_the_embedded_model_finds_its_world_without_coco_root(tmp_path):
+    from lvlm_guard.world.coco_format import ensure_world
+
+    argv = ["eval", "chair", "--model", "tiny-coco", "--out", str(tmp_path), "--num-images", "4", "--limit", "2",
+            "--no-progress", "--ground-truth", "instances"]  # fmt: skip
+    assert eval_main(argv, FakeFactory()) == 0
+    results = json.loads((tmp_path / "none" / "results.json").read_text())
+    assert results["config"]["task_config"]["coco_split"] == "test"
+    records = [json.loads(line) for line in (tmp_path / "none" / "records.jsonl").read_text().splitlines()]
+    world_images = {p.name for p in ensure_world("test").rglob("*.jpg")} | {p.name for p in ensure_world("test").rglob("*.png")}
+    assert records and all(r["image"].split("/")[-1] in world_images for r in records)
+
+
+def test_a_refused_resume_changes_nothing_on_disk(coco, tmp_path, capsys):
+    first = ["eval", "pope", *common(coco, tmp_path, "--grid", "none,pai", "--num-images", "6", "--limit", "2")]
+    assert eval_main(first, FakeFactory()) == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    factory = FakeFactory()
+    other = ["eval", "pope", *common(coco, tmp_path, "--grid", "none,pai", "--num-images", "5", "--limit", "2")]
+    assert eval_main(other, factory) == 2
+    assert "holds another run" in capsys.readouterr().err and factory.calls == []
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # question files too
+
+
+def test_a_bad_grid_entry_fails_before_any_configuration_runs(coco, tmp_path):
+    class Checked(FakeFactory):
+        def validate_spec(self, spec):
+            if "bad" in spec:
+                raise GridSpecError(f"bad spec {spec!r}")
+
+    factory = Checked()
+    argv = ["eval", "pope", *common(coco, tmp_path / "out", "--grid", "none,pai,bad", "--num-images", "6")]
+    assert eval_main(argv, factory) == 2
+    assert factory.calls == [] and not (tmp_path / "out").exists()
+
+
+def test_pope_with_one_image_names_the_minimum(coco, tmp_path, capsys):
+    argv = ["eval", "pope", *common(coco, tmp_path, "--num-images", "1")]
+    assert eval_main(argv, FakeFactory()) == 2
+    assert "POPE needs at least 2 images" in capsys.readouterr().err
 
 
 def test_bad_layout_is_reported(tmp_path, capsys):

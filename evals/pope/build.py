@@ -42,6 +42,9 @@ POPE_NUM_IMAGES = 500  # paper Sec. 4.1 / official main.py --img_num 500
 POPE_PER_IMAGE = 3  # official main.py --sample_num 3: 3 yes + 3 no per image
 
 
+POPE_MIN_IMAGES = 2  # negatives come from the sampled images' categories: one image leaves none to ask
+
+
 def question_text(obj: str) -> str:
     """'Is there a/an {object} in the image?', POPE's template (official main.py --template)."""
     article = "an" if obj[:1].lower() in "aeiou" else "a"
@@ -103,7 +106,7 @@ def _draw(rng: random.Random, pool: Sequence[str], excluded: set[str], image: Po
     if not candidates:
         raise NotEnoughCategoriesError(
             f"no category left to ask as a negative for {image.file_name} (it shows {len(image.objects)}, "
-            f"the sampled images {len(pool)} in all)"
+            f"the sampled images {len(pool)} in all); sample more images (--num-images)"
         )
     return rng.choice(candidates)
 

@@ -47,6 +47,7 @@ class Intervention(ABC):
     presets: ClassVar[Mapping[str, Preset]] = {}
     family_presets: ClassVar[Mapping[str, str]] = {}  # adapter family -> preset name
     bounds: ClassVar[Mapping[str, Range | Choice]] = {}  # field -> allowed range or choices (settings.py)
+    purpose: ClassVar[str] = "hallucination"  # or "speed": a method that trades quality for time (exit)
 
     def __init_subclass__(cls, **kwargs) -> None:
         """Every config's fields are type- and range-checked (settings.check_settings) before its

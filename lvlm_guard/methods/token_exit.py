@@ -50,6 +50,7 @@ def resolve_router(name: str) -> Path:
 @dataclass(frozen=True)
 class VisualTokenExit(Intervention):
     name = "exit"
+    purpose = "speed"  # DyVTE makes decoding cheaper; its quality numbers are a cost, not a guard's gain
     bounds: ClassVar = {"layer": LAYER, "threshold": UNIT}  # threshold: a probability of exiting
 
     layer: int | None = None  # None: the middle layer (16 of LLaVA-1.5-7B's 32; issue 5 benchmarks 8/12/16)
