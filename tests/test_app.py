@@ -91,6 +91,28 @@ def test_mark_objects_flags_against_ground_truth_and_spans_match():
     assert ":red-background[~~Traffic light~~]" in text and ":green-background[people]" in text
 
 
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("No, there is no bus in the image.", [("bus", objects.DENIED_ABSENT)]),  # a correct "no": not struck
+        ("No, there is a bus.", [("bus", objects.HALLUCINATED)]),  # the particle does not deny the bus
+        ("Yes, there is a cat.", [("cat", objects.PRESENT)]),
+        ("There isn't a cat here.", [("cat", objects.DENIED_PRESENT)]),
+        ("There is no dog, but a cat sleeps.", [("dog", objects.DENIED_ABSENT), ("cat", objects.PRESENT)]),
+        ("The room has no chairs or tables. A dog sleeps.",
+         [("chair", objects.DENIED_ABSENT), ("dining table", objects.DENIED_ABSENT), ("dog", objects.HALLUCINATED)]),
+        ("A man without a hat rides a bicycle.", [("person", objects.PRESENT), ("bicycle", objects.PRESENT)]),
+        ("A cat. There are no people nearby.", [("cat", objects.PRESENT), ("person", objects.DENIED_PRESENT)]),
+    ],
+)  # fmt: skip
+def test_negated_mentions_are_read_as_denials(answer, expected):
+    marks = objects.mark_objects(answer, frozenset({"cat", "bicycle", "person"}))
+    assert [(m.category, m.status) for m in marks] == expected
+    text = objects.marked_markdown(answer, marks)
+    assert ("~~" in text) == any(status == objects.HALLUCINATED for _, status in expected)
+    assert set(objects.LEGEND) >= {status for _, status in expected}
+
+
 def test_mark_objects_without_ground_truth_flags_nothing():
     marks = objects.mark_objects("a dog on a sofa", None)
     assert [m.category for m in marks] == ["dog", "couch"]
