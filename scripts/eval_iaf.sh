@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# NOTE: this produced evals/results/iaf/ for the invented IAF that PAINT replaced; its grid names
+# settings (spatial_ratio) PAINT does not have, so it no longer runs as is.
 # Issue 5 part 1 on the embedded model: calibrate IAF on the calibration split (rule in
 # scripts/select_config.py: lowest CHAIR_I + (100 - POPE adversarial F1)), then baseline vs PAI vs IAF vs
 # IAF+PAI on the test split (POPE 400 images x 3 splits, CHAIR 500 images, 512 tokens).

@@ -231,6 +231,8 @@ def test_generation_batch_equals_one_by_one_and_decoding_paths_agree(llava, fuse
         inputs = guard.prepare(IMAGES, PROMPTS)
         with torch.no_grad():
             assert_cached_equals_recomputation(model, inputs, 3)
+        static = guard.generate(IMAGES, PROMPTS, max_new_tokens=4, cache_implementation="static")
+        assert static.token_ids == batch.token_ids
     finally:
         guard.detach()
 

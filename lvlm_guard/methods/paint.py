@@ -63,11 +63,10 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 
-from lvlm_guard.contrastive import ImageFreeContrast
 from lvlm_guard.edits import AttentionEdit, AttentionRows, InterventionPlan, ScoreMod
-from lvlm_guard.errors import InterventionConfigError
 from lvlm_guard.methods.base import Intervention, Preset, layer_range, register_method
-from lvlm_guard.methods.pai import _amplified
+from lvlm_guard.methods.pai import PAI, _amplified
+from lvlm_guard.methods.settings import LAYER, NONNEGATIVE, POSITIVE, UNIT, Range
 from lvlm_guard.models.base import ModelSpec
 from lvlm_guard.state import GuardState
 
@@ -231,6 +230,9 @@ class PAINT(Intervention):
         "code": Preset({"beta": 0.3}, "hasanar1f/PAINT modPAI/chair_eval.py:52 --beta 0.3"),
     }
     family_presets: ClassVar = {}  # one model (LLaVA-1.5) in the paper: "paper" serves every family
+    bounds: ClassVar = {"alpha": NONNEGATIVE, "beta": NONNEGATIVE, "local_ratio": UNIT, "whisker": NONNEGATIVE,
+                        "start_layer": LAYER, "end_layer": LAYER, "gamma": POSITIVE,
+                        "plausibility": Range(0, 1, low_open=True)}  # fmt: skip
 
     preset: str = "auto"  # "auto" = "paper" (beta 0.4); "code" = the repo's 0.3
     alpha: float = 0.7  # margin of local tokens: chair_eval.py:51 --alpha 0.7 (paper and code agree)
@@ -244,19 +246,8 @@ class PAINT(Intervention):
     gamma: float | None = None  # CFG off: chair_eval.py:54 --use-cfg is opt-in (gamma 2 there, :55)
     plausibility: float = 0.1  # PAI's CFG.py: tokens below 0.1 x the best conditional probability dropped
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # types and `bounds` are checked before (methods/settings.py)
         self.check_preset()
-        for label, value in (("alpha", self.alpha), ("beta", self.beta), ("whisker", self.whisker)):
-            if value is not None and value < 0:
-                raise InterventionConfigError(f"paint: {label} must be >= 0, got {value}")
-        if not 0 <= self.local_ratio <= 1:
-            raise InterventionConfigError(f"paint: local_ratio must be in [0, 1], got {self.local_ratio}")
-        if self.start_layer < 0:
-            raise InterventionConfigError(f"paint: start_layer must be >= 0, got {self.start_layer}")
-        if self.gamma is not None and self.gamma <= 0:
-            raise InterventionConfigError(f"paint: gamma must be > 0 or None, got {self.gamma}")
-        if not 0 < self.plausibility <= 1:
-            raise InterventionConfigError(f"paint: plausibility must be in (0, 1], got {self.plausibility}")
 
     def layers(self, spec: ModelSpec) -> tuple[int, ...]:
         return layer_range("paint", self.start_layer, self.end_layer, spec)
@@ -287,16 +278,8 @@ class PAINT(Intervention):
             hook = partial(_record_cls_attention, guard.state, tokens, tuple(layers))
             guard.own_hook(module.register_forward_pre_hook(hook, with_kwargs=True))
 
-    def logits_processor(self, guard, inputs: dict):
-        if self.gamma is None or self.gamma == 1:
-            return None
-        return ImageFreeContrast(
-            guard.model,
-            guard.adapter.text_only_inputs(guard.processor, inputs["prompts"], guard.device),
-            gamma=self.gamma,
-            plausibility=self.plausibility,
-            suspend=guard.suspended,
-        )
+    #: PAI's image-free contrast (CFG.py), on the same fields (gamma, plausibility)
+    logits_processor = PAI.logits_processor
 
 
 @torch.no_grad()
