@@ -45,10 +45,14 @@ def make_answer_fn(model: str, guard: str, device: str | None = None, **load_opt
     The guard is attached for each batch and detached after it, so several configurations can
     share one loaded model in a grid.
     """
+    import os
+
     from lvlm_guard.guard import attach
     from lvlm_guard.methods import parse_guard_spec
+    from lvlm_guard.threads import configure_threads
 
     interventions = parse_guard_spec(guard)
+    configure_threads(workers=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # processes of this host share its CPUs
     if device is not None:
         load_options.setdefault("device_map", device)
     loaded_model, processor = _LOADED.get(model, **load_options)
@@ -77,11 +81,14 @@ def _generate(args: argparse.Namespace) -> int:
     from lvlm_guard.loading import load
     from lvlm_guard.methods import parse_guard_spec
 
+    from lvlm_guard.threads import configure_threads
+
     interventions = parse_guard_spec(args.guard)  # a bad spec fails before the model loads
     if args.max_new_tokens < 1:
         raise InvalidArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not Path(args.image).is_file():
         raise InvalidArgumentError(f"--image {args.image!r}: no such file")
+    configure_threads()
     model, processor = load(args.model, dtype=args.dtype, device_map=args.device_map)
     guard = attach(model, processor, interventions)
     images = [args.image] * len(args.prompt)

@@ -36,8 +36,10 @@ def usable_cpus() -> int:
     return max(1, count)
 
 
-def thread_count(workers: int = 1) -> int:
-    """Threads per generating worker: LVLM_GUARD_THREADS if set, else usable CPUs // workers."""
+def thread_count(workers: int = 1, reserve: int = 0) -> int:
+    """Threads per generating worker: LVLM_GUARD_THREADS if set, else (usable CPUs - reserve) //
+    workers, at least 1. `reserve`: CPUs left to other busy threads of the process (the app's web
+    server): an OpenMP team that shares its cores with them spins at every barrier."""
     override = os.environ.get(ENV, "").strip()
     if override:
         try:
@@ -49,14 +51,14 @@ def thread_count(workers: int = 1) -> int:
 
             raise GuardError(f"{ENV}={override!r}: must be a positive integer")
         return value
-    return max(1, usable_cpus() // max(1, workers))
+    return max(1, (usable_cpus() - reserve) // max(1, workers))
 
 
-def configure_threads(workers: int = 1) -> int:
+def configure_threads(workers: int = 1, reserve: int = 0) -> int:
     """Set torch's intra-op threads for this thread (see the module docstring); returns the count."""
     import torch
 
-    count = thread_count(workers)
+    count = thread_count(workers, reserve)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count

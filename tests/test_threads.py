@@ -16,6 +16,7 @@ def test_count_divides_usable_cpus_among_workers(monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
     monkeypatch.setattr("lvlm_guard.threads.usable_cpus", lambda: 8)
     assert [thread_count(w) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert [thread_count(1, reserve=r) for r in (1, 7, 9)] == [7, 1, 1]
 
 
 def test_usable_cpus_respects_the_affinity_mask():
