@@ -22,7 +22,7 @@ from torch import nn
 from lvlm_guard.attention import GUARDED, LAYER_ATTR, LayerAttention, register_guarded_attention
 from lvlm_guard.cache_compat import forward_cache
 from lvlm_guard.edits import HiddenStateEdit, InterventionPlan
-from lvlm_guard.errors import GuardStateError, InterventionConfigError
+from lvlm_guard.errors import GuardStateError, InputMismatchError, InterventionConfigError
 from lvlm_guard.inputs import ImageLike, images_per_prompt
 from lvlm_guard.methods.base import Intervention
 from lvlm_guard.models import ModelAdapter, adapter_for
@@ -315,6 +315,8 @@ class Guard:
         """
         if not self._attached:
             raise GuardStateError("this guard is detached; attach a new one")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputMismatchError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         inputs = self.prepare(images, prompts)
         self.state.prompt_ids = None  # a new conversation, even if it extends the last one
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}

@@ -30,9 +30,24 @@ def load_image(image: ImageLike, *, where: str = "image") -> Image.Image:
         except (UnidentifiedImageError, OSError) as exc:
             raise ImageInputError(f"{where}: cannot read {str(path)!r} as an image ({exc})") from None
     elif isinstance(image, np.ndarray):
-        if image.ndim not in (2, 3) or image.size == 0:
-            raise ImageInputError(f"{where}: array of shape {image.shape} is not an HxW or HxWxC image")
-        pil = Image.fromarray(image)
+        if image.ndim not in (2, 3) or image.size == 0 or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise ImageInputError(f"{where}: array of shape {image.shape} is not an HxW or HxWxC image (C 1, 3 or 4)")
+        if image.dtype.kind == "f":  # floats: [0, 1] as most libraries give them, else already 0-255
+            if not np.isfinite(image).all():
+                raise ImageInputError(f"{where}: float array holds NaN or infinite values")
+            low, high = float(image.min()), float(image.max())
+            if low < 0 or high > 255:
+                raise ImageInputError(f"{where}: float array values in [{low:g}, {high:g}]; expected [0, 1] or [0, 255]")
+            image = np.round(image * 255 if high <= 1 else image).astype(np.uint8)
+        elif image.dtype == np.bool_:
+            image = image.astype(np.uint8) * 255
+        elif image.dtype.kind in "iu" and image.dtype != np.uint8:
+            if image.min() < 0 or image.max() > 255:
+                raise ImageInputError(f"{where}: {image.dtype} array values outside [0, 255]")
+            image = image.astype(np.uint8)
+        elif image.dtype != np.uint8:
+            raise ImageInputError(f"{where}: array dtype {image.dtype} is not an image type")
+        pil = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     elif isinstance(image, Image.Image):
         pil = image
     else:
@@ -56,6 +71,11 @@ def images_per_prompt(
     """
     if isinstance(prompts, str):
         raise InputMismatchError("prompts must be a list of strings, got a single string")
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise InputMismatchError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    bad = [i for i, prompt in enumerate(prompts) if not isinstance(prompt, str)]
+    if bad:
+        raise InputMismatchError(f"prompt {bad[0]} is a {type(prompts[bad[0]]).__name__}, not a string")
     if images is None:
         images = [None] * len(prompts)
     if not isinstance(images, (list, tuple)):

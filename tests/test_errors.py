@@ -193,3 +193,31 @@ def test_load_roundtrip_from_a_local_directory(tmp_path, llava):
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, loaded(**inputs).logits)
     assert lg.adapter_for(loaded).spec == lg.adapter_for(model).spec
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "needle"),
+    [
+        (lambda g: g.generate([np.full((8, 8, 3), 300.0)], ["hi"], max_new_tokens=2), lg.ImageInputError, "expected [0, 1] or [0, 255]"),
+        (lambda g: g.generate([np.full((8, 8, 3), np.nan)], ["hi"], max_new_tokens=2), lg.ImageInputError, "NaN"),
+        (lambda g: g.generate([np.zeros((8, 8, 5), np.uint8)], ["hi"], max_new_tokens=2), lg.ImageInputError, "C 1, 3 or 4"),
+        (lambda g: g.generate([], [], max_new_tokens=2), lg.InputMismatchError, "non-empty list"),
+        (lambda g: g.generate([None], [3], max_new_tokens=2), lg.InputMismatchError, "prompt 0 is a int"),
+        (lambda g: g.generate([None], ["hi"], max_new_tokens=0), lg.InputMismatchError, "max_new_tokens must be a positive"),
+        (lambda g: lg.load("tiny-coco", dtype="float8"), lg.GuardError, "unknown dtype 'float8'"),
+    ],
+)  # fmt: skip
+def test_bad_generate_inputs_raise_typed_errors(llava, call, error, needle):
+    guard = lg.attach(*llava, [])
+    try:
+        with pytest.raises(error) as info:
+            call(guard)
+        assert needle in str(info.value)
+    finally:
+        guard.detach()
+
+
+def test_float_images_in_0_1_equal_their_uint8_version(llava):
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 12, 3)).astype(np.uint8)
+    assert np.array_equal(np.asarray(load_image(pixels / 255.0)), pixels)
+    assert np.array_equal(np.asarray(load_image(pixels.astype(np.float32))), pixels)  # 0-255 floats
