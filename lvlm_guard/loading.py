@@ -29,6 +29,31 @@ _DTYPES = {
 }
 
 
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id, or an old huggingface_hub: let from_pretrained decide
+        return True
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (HF_HUB_OFFLINE=1: never asked)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def default_dtype(device_map, quantization: str | None = None) -> torch.dtype:
     """The one default of the API and the CLI: bfloat16 where the model goes to a GPU (or is
     quantized), float32 on the CPU (bfloat16 matmuls are slow on most CPUs, and one default keeps
@@ -110,6 +135,11 @@ def load(
     """
     source = resolve_model_path(name_or_path)
     is_local = Path(source).exists()
+    if not is_local and not local_files_only and not _in_hub_cache(source) and not hub_reachable():
+        raise ModelNotFoundError(
+            f"cannot load model {source!r}: it is not a local directory, not in the local Hugging Face cache,"
+            " and the hub cannot be reached from here (offline?); pass a local directory or 'tiny-coco'"
+        )  # at once, instead of the hub client's retries
     offline = {"local_files_only": True} if (is_local or local_files_only) else {}
     try:
         config = AutoConfig.from_pretrained(source, **offline)

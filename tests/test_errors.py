@@ -221,3 +221,20 @@ def test_float_images_in_0_1_equal_their_uint8_version(llava):
     pixels = np.random.default_rng(0).integers(0, 256, (12, 12, 3)).astype(np.uint8)
     assert np.array_equal(np.asarray(load_image(pixels / 255.0)), pixels)
     assert np.array_equal(np.asarray(load_image(pixels.astype(np.float32))), pixels)  # 0-255 floats
+
+
+def test_an_unreachable_hub_fails_at_once_without_retries(monkeypatch):
+    import time
+
+    import lvlm_guard.loading as loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(loading, "_in_hub_cache", lambda repo_id: False)
+    monkeypatch.setattr(loading.AutoConfig, "from_pretrained", lambda *a, **k: pytest.fail("the hub was asked"))
+    start = time.perf_counter()
+    with pytest.raises(lg.ModelNotFoundError, match="'org/unknown'.*cannot be reached"):
+        lg.load("org/unknown")
+    assert time.perf_counter() - start < 1.0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert loading.hub_reachable() is False  # offline mode: never probed
