@@ -551,3 +551,15 @@ def test_flow_against_entrywise_paper_reference(denominator):
     torch.testing.assert_close(got, want)
     with pytest.raises(InterventionConfigError):
         FlowConfig(regularize_denominator="rows")
+
+
+def test_refinement_through_tiny_sam_takes_its_own_logits_back():
+    model, processor = tiny_sam()
+    runner = SamRunner(model, processor)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    first = runner.predict(img, blob(), [(35, 10)], [(0, 39)])
+    assert first.mask.shape == (40, 50) and first.prior.dim() == 4
+    again = runner.predict(img, blob(), [(35, 10)], [(0, 39)], first.prior)
+    assert again.mask.shape == (40, 50) and not torch.equal(again.prior, first.prior)  # the mask prompt counts
+    out = refine(runner, img, blob(), VLSamConfig(threshold=0.5))
+    assert out.prediction.mask.shape == (40, 50) and len(out.prompts) in (1, 3)
