@@ -1,19 +1,28 @@
-"""DyVTE's learned exit decision (official code DoubtedSteam/DyVTE, `modeling_llama.py`).
+"""DyVTE's learned exit decision (Qiong Wu, Wenhao Lin, Weihao Ye, Yiyi Zhou, Xiaoshuai Sun, Rongrong
+Ji, "Accelerating Multimodal Large Language Models via Dynamic Visual-Token Exit and the Empirical
+Findings"; official code DoubtedSteam/DyVTE, `llava/model/language_model/modeling_llama.py`).
 
-One tiny linear router per decoder layer reads the text tokens' states after that layer:
-`concat(mean state of the text tokens after the image, state of the last token)` (2 x hidden)
--> 2 logits (stay, exit). At prefill, after each layer, the image tokens leave the sequence as
-soon as the router says exit (softmax p(exit) > threshold); they never come back.
+One router per decoder layer (`Router`, modeling_llama.py:461-477): `Linear(2D -> 2048, no bias)
+-> GELU -> Linear(2048 -> 2, no bias)` (its `Dropout(0.1)` is defined but never applied). Its input,
+after layer l (modeling_llama.py:739-749 at inference, :666-685 in training): `concat(mean of the
+text states after the image, excluding the last token; the last token's state)`, detached. At
+prefill, layer by layer from the first, the image tokens leave the sequence after the first layer
+whose router gives logit[exit] > logit[stay] (:756, i.e. softmax p(exit) > 0.5, our `threshold`).
 
-Batches: DyVTE's official code is batch-1. Ours exits at the first layer where every sequence's
-router says exit (one exit layer per batch, so the re-packed sequence stays consistent); the
-layer found at prefill is kept for the decoding steps of that prompt.
+Deviations, each a named option:
+- `width`: the official 2048 is the default; the shipped tiny-coco router uses 128 (its hidden size
+  is 384, a tenth of LLaMA's, and the weights must stay small in the repository).
+- batches: the official code is batch-1 (`hidden_states[0, ...]`). Ours exits at the first layer
+  where every sequence's router says exit (one exit layer per batch, so the re-packed sequence stays
+  consistent); the layer found at prefill is kept for the decoding steps of that prompt.
+- a prompt with at most one text token after the image has no mean: the last token stands in.
+- the official code hard-codes the image span (35..35+576); ours takes the adapter's image mask.
 
-Training (DyVTE Sec. 3): freeze the MLLM; for a sample and a layer l, label 1 (exit OK) if the
-greedy answer with exit after l agrees with the full model's on > 99% of answer tokens and its
-loss is < 1.03 x the full model's; cross-entropy on the router of layer l. For a real checkpoint,
-run `scripts/train_exit_router.py --model <id> --split calib` (a few hundred question/caption
-samples of any image-text set in its chat format) on a GPU; the weights are a few MB.
+Training (`scripts/train_exit_router.py`, after the official `forward` with `self.training`,
+modeling_llama.py:906-975, and `scripts/v1_5/finetune_visual_gate.sh`): the MLLM frozen; for each
+batch one random exit layer; label 1 (exit OK) when the greedy answer with the image gone after that
+layer agrees with the full model's on > 99% of answer tokens and its answer loss is < 1.03 x the full
+model's; cross-entropy (class weights 1, 1); AdamW lr 6e-5, weight decay 0, cosine with 3% warm-up.
 """
 
 from __future__ import annotations
@@ -27,11 +36,13 @@ from lvlm_guard.errors import InterventionConfigError
 
 
 def router_features(hidden: torch.Tensor, after_image: torch.Tensor) -> torch.Tensor:
-    """`[b, 2D]`: mean state of the text tokens after the image (`after_image[b, q]`) and the last state.
+    """`[b, 2D]`: mean state of the text tokens after the image (`after_image[b, q]`) excluding the
+    last token, and the last token's state (DyVTE modeling_llama.py:744-749).
 
-    A sequence with no text after the image uses the last token for the mean too.
+    A sequence with no other text token after the image uses the last token for the mean too.
     """
-    weights = after_image.to(hidden.dtype)
+    weights = after_image.to(hidden.dtype).clone()
+    weights[:, -1] = 0  # the official mean stops before the last token (`[35+576:-1]`)
     counts = weights.sum(1, keepdim=True)
     mean = (hidden * weights[..., None]).sum(1) / counts.clamp(min=1)
     last = hidden[:, -1]
@@ -39,30 +50,54 @@ def router_features(hidden: torch.Tensor, after_image: torch.Tensor) -> torch.Te
     return torch.cat([mean, last], dim=-1)
 
 
-class ExitRouter(nn.Module):
-    """Per-layer linear routers `[2D] -> (stay, exit)`."""
+DYVTE_WIDTH = 2048  # DyVTE modeling_llama.py:467
 
-    def __init__(self, num_layers: int, hidden_size: int) -> None:
+
+class Router(nn.Module):
+    """One layer's router: `[2D] -> width -> GELU -> (stay, exit)`, no biases (DyVTE's `Router`)."""
+
+    def __init__(self, hidden_size: int, width: int = DYVTE_WIDTH) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(2 * hidden_size, width, bias=False)
+        self.w2 = nn.Linear(width, 2, bias=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.w2(nn.functional.gelu(self.w1(features)))
+
+
+class ExitRouter(nn.Module):
+    """Per-layer routers (`Router`), one per decoder layer."""
+
+    def __init__(self, num_layers: int, hidden_size: int, width: int = DYVTE_WIDTH) -> None:
         super().__init__()
         self.num_layers = num_layers
         self.hidden_size = hidden_size
-        self.routers = nn.ModuleList(nn.Linear(2 * hidden_size, 2) for _ in range(num_layers))
+        self.width = width
+        self.routers = nn.ModuleList(Router(hidden_size, width) for _ in range(num_layers))
+
+    def logits(self, layer: int, features: torch.Tensor) -> torch.Tensor:
+        """`[b, 2]` (stay, exit) logits of the router of `layer` (features from `router_features`)."""
+        router = self.routers[layer]
+        if router.w1.weight.device != features.device:
+            self.to(features.device)
+        return router(features.to(router.w1.weight.dtype)).float()
 
     def exit_probability(self, layer: int, features: torch.Tensor) -> torch.Tensor:
-        """`[b]` p(exit) of the router of `layer` (features from `router_features`)."""
-        router = self.routers[layer]
-        if router.weight.device != features.device:
-            self.to(features.device)
-        logits = router(features.to(router.weight.dtype))
-        return logits.float().softmax(-1)[:, 1]
+        """`[b]` p(exit) of the router of `layer`."""
+        return self.logits(layer, features).softmax(-1)[:, 1]
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
+        """Weights in `dtype` (half by default: a router is a speed aid, and the file stays small)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {"num_layers": self.num_layers, "hidden_size": self.hidden_size, "state_dict": self.state_dict()},
-            path / "router.pt",
-        )
+        state = {k: v.to(dtype) for k, v in self.state_dict().items()}
+        blob = {
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "width": self.width,
+            "state_dict": state,
+        }
+        torch.save(blob, path / "router.pt")
 
     @classmethod
     def load(cls, path: str | Path) -> ExitRouter:
@@ -70,8 +105,12 @@ class ExitRouter(nn.Module):
         if not file.is_file():
             raise InterventionConfigError(f"exit: no router weights at {file}")
         blob = torch.load(file, map_location="cpu", weights_only=True)
-        router = cls(blob["num_layers"], blob["hidden_size"])
-        router.load_state_dict(blob["state_dict"])
+        if "width" not in blob:
+            raise InterventionConfigError(
+                f"exit: {file} is a linear router of an older lvlm_guard; retrain it with scripts/train_exit_router.py"
+            )
+        router = cls(blob["num_layers"], blob["hidden_size"], blob["width"])
+        router.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
         return router.eval()
 
 

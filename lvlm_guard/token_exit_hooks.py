@@ -1,6 +1,6 @@
 """Visual-token exit mechanics: after an exit layer, image tokens leave the sequence for real.
 
-DyVTE (Sun et al., "Accelerating Multimodal Large Language Models via Dynamic Visual-Token
+DyVTE (Wu, Lin, Ye, Zhou, Sun, Ji, "Accelerating Multimodal Large Language Models via Dynamic Visual-Token
 Exit and the Empirical Findings") removes every visual token once the text tokens have read
 what they need from them. Here the layers after `exit_layer` see a shorter sequence: the
 pre-hook of layer `exit_layer + 1` gathers the kept (text, non-padding) rows of the hidden

@@ -5,15 +5,16 @@ Labels as in DyVTE (notes: /work/shared/notes/methods.md): the MLLM is frozen; f
 the model with the image tokens exiting after l predicts the same greedy tokens as the full model
 on > 99% of the answer tokens and its answer loss is < 1.03 x the full model's. Features: the
 router input after layer l at prefill (prompt part only; causal attention makes it equal to a
-prompt-only forward). Each layer's linear router is then fitted by cross-entropy.
+prompt-only forward). The routers (DyVTE's MLP) are then trained as `fit` says.
 
 Samples mix the two kinds of prompt the evals ask (DyVTE trains on a mix of instruction data): a
 caption (one of several caption requests + the image's first reference caption) and a POPE question ("Is
 there a/an X in the image?" about a present or an absent category, answered with the full model's
 own greedy answer). A router trained on one prompt only extrapolates wildly to the other: the
 first shipped tiny-coco router, trained on captions alone, exited after layer 0 on every POPE
-question. A quarter of the images are held out and the per-layer held-out accuracy is reported;
-a layer whose training labels are all equal gets a constant router (no evidence, no extrapolation).
+question. A quarter of the images are held out and the per-layer held-out accuracy is reported.
+Deviation from DyVTE's data: its 1% of LLaVA-665k single-turn samples do not exist here; the
+world's captions and POPE-style questions stand in.
 
     python scripts/train_exit_router.py --model tiny-coco --split calib --num-images 64 \
         --out lvlm_guard/checkpoints/tiny-coco-exit-router
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -102,34 +104,45 @@ def sample_rows(model, processor, image: Image.Image, question: str, answer: str
     return features, labels
 
 
-def fit(features: torch.Tensor, labels: torch.Tensor, hidden_size: int, steps: int, seed: int) -> ExitRouter:
-    """`features[n, L, 2D]`, `labels[n, L]`: one linear router per layer by cross-entropy (Adam)."""
-    torch.manual_seed(seed)
-    num_layers = features.shape[1]
-    router = ExitRouter(num_layers, hidden_size)
-    mean = features.mean(0, keepdim=True)
-    std = features.std(0, keepdim=True)
-    # a feature nearly constant in training must not get a huge weight: floor at 10% of the layer's median
-    scale = torch.maximum(std, 0.1 * std.median(-1, keepdim=True).values).clamp(min=1e-6)
-    x = (features - mean) / scale
-    opt = torch.optim.Adam(router.parameters(), lr=1e-2, weight_decay=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = sum(
-            torch.nn.functional.cross_entropy(router.routers[i](x[:, i]), labels[:, i]) for i in range(num_layers)
-        )
-        loss.backward()
-        opt.step()
-    with torch.no_grad():  # fold the standardisation into the weights: the router reads raw states
-        for i, lin in enumerate(router.routers):
-            if bool((labels[:, i] == labels[0, i]).all()):  # one label seen: a constant router
-                lin.weight.zero_()
-                lin.bias.copy_(torch.tensor([0.0, 8.0] if int(labels[0, i]) else [8.0, 0.0]))
-                continue
-            w = lin.weight / scale[0, i]
-            lin.bias -= (w * mean[0, i]).sum(-1)
-            lin.weight.copy_(w)
-    return router.eval()
+def fit(
+    features: torch.Tensor, labels: torch.Tensor, hidden_size: int, args: argparse.Namespace
+) -> tuple[ExitRouter, list[float]]:
+    """`features[n, L, 2D]`, `labels[n, L]` -> routers trained as DyVTE trains them.
+
+    Each batch holds samples of one layer (the official forward draws one exit layer per batch);
+    cross-entropy with class weights (1, 1); AdamW, weight decay 0, cosine schedule with 3% warm-up
+    (finetune_visual_gate.sh). An epoch visits every (sample, layer) pair once: with a few hundred
+    samples instead of the official 6.6 k, the routers need many epochs (`--epochs`)."""
+    generator = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    n, num_layers = labels.shape
+    router = ExitRouter(num_layers, hidden_size, args.width)
+    batches_per_epoch = num_layers * -(-n // args.batch_size)
+    total = args.epochs * batches_per_epoch
+    opt = torch.optim.AdamW(router.parameters(), lr=args.lr, weight_decay=0.0)
+    warmup = max(1, round(0.03 * total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    )  # fmt: skip
+    losses = []
+    for _ in tqdm(range(args.epochs), desc="router epochs", unit="epoch"):
+        batches = [
+            (layer, chunk)
+            for layer in range(num_layers)
+            for chunk in torch.randperm(n, generator=generator).split(args.batch_size)
+        ]
+        order = torch.randperm(len(batches), generator=generator).tolist()
+        epoch_loss = 0.0
+        for index in order:
+            layer, rows = batches[index]
+            loss = torch.nn.functional.cross_entropy(router.logits(layer, features[rows, layer]), labels[rows, layer])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            schedule.step()
+            epoch_loss += float(loss) / len(order)
+        losses.append(epoch_loss)
+    return router.eval(), losses
 
 
 def main() -> None:
@@ -138,7 +151,10 @@ def main() -> None:
     parser.add_argument("--split", default="calib")
     parser.add_argument("--root", default=None, help="COCO-format root (default: the embedded world)")
     parser.add_argument("--num-images", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--width", type=int, default=128, help="router width (DyVTE: 2048; tiny-coco ships 128)")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=16, help="DyVTE: 16 per device")
+    parser.add_argument("--lr", type=float, default=6e-5, help="DyVTE finetune_visual_gate.sh: 6e-5")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
@@ -182,7 +198,7 @@ def main() -> None:
     features, targets = torch.stack(feats), torch.stack(labels)
     # hold out the last quarter of the images (both of their samples) for an honest accuracy
     n_train = 2 * max(1, (3 * len(image_ids)) // 4)
-    router = fit(features[:n_train], targets[:n_train], features.shape[-1] // 2, args.steps, args.seed)
+    router, losses = fit(features[:n_train], targets[:n_train], features.shape[-1] // 2, args)
     with torch.no_grad():
         p = torch.stack([router.exit_probability(i, features[:, i]) for i in range(features.shape[1])], 1)
     correct = ((p > 0.5).long() == targets).float()
@@ -202,6 +218,13 @@ def main() -> None:
         "held_out_accuracy_per_layer": correct[n_train:].mean(0).tolist(),
         "held_out_exit_rate_per_layer": (p[n_train:] > 0.5).float().mean(0).tolist(),
         "seconds": round(time.time() - start, 1),
+        "training": {
+            "width": args.width,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "loss_per_epoch": [round(x, 5) for x in losses],
+        },
         "criteria": {"agreement": AGREEMENT, "loss_ratio": LOSS_RATIO, "caption_prompts": list(CAPTION_PROMPTS)},
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2))

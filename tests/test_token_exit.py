@@ -149,33 +149,61 @@ def test_router_decision_matches_hand_computation():
     from lvlm_guard.methods.token_exit import router_decision
 
     torch.manual_seed(0)
-    router = ExitRouter(num_layers=3, hidden_size=4)
+    router = ExitRouter(num_layers=3, hidden_size=4, width=16)
     hidden = torch.randn(2, 5, 4)
     image_tokens = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
     mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
     assert after_image_mask(image_tokens, mask).tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+    # float64, from DyVTE's modeling_llama.py: mean of the text after the image without the last
+    # token, then the last token; Router = w2(GELU(w1 x)), no biases
     h = hidden.double()
-    feats = torch.stack([torch.cat([h[0, 3:].mean(0), h[0, -1]]), torch.cat([h[1, 2:].mean(0), h[1, -1]])])
-    lin = router.routers[1]
-    logits = feats @ lin.weight.double().T + lin.bias.double()
+    feats = torch.stack([torch.cat([h[0, 3:4].mean(0), h[0, -1]]), torch.cat([h[1, 2:4].mean(0), h[1, -1]])])
+    w1, w2 = (m.weight.double() for m in (router.routers[1].w1, router.routers[1].w2))
+    z = feats @ w1.T
+    logits = (0.5 * z * (1 + torch.erf(z / 2**0.5))) @ w2.T
+    torch.testing.assert_close(router.logits(1, router_features_of(hidden, image_tokens, mask)).double(), logits)
     p_exit = logits.softmax(-1)[:, 1]
     for threshold in (0.2, 0.5, 0.8):
         expected = bool((p_exit > threshold).all())
         assert router_decision(router, threshold, 1, hidden, image_tokens, mask) == expected
     assert router_decision(router, 0.5, 1, hidden, torch.zeros_like(image_tokens), mask) is False
+    assert sum(p.numel() for p in router.routers[0].parameters()) == 8 * 16 + 16 * 2  # no biases
 
 
-def test_router_that_exits_at_a_layer_equals_the_fixed_exit(tmp_path):
+def router_features_of(hidden, image_tokens, mask):
+    from lvlm_guard.exit_router import after_image_mask, router_features
+
+    return router_features(hidden, after_image_mask(image_tokens, mask))
+
+
+def test_router_saves_half_and_refuses_old_linear_routers(tmp_path):
+    from lvlm_guard.errors import InterventionConfigError
+    from lvlm_guard.exit_router import ExitRouter
+
+    router = ExitRouter(2, 4, width=8)
+    router.save(tmp_path)
+    loaded = ExitRouter.load(tmp_path)
+    assert loaded.width == 8
+    for a, b in zip(router.state_dict().values(), loaded.state_dict().values()):
+        torch.testing.assert_close(a.half().float(), b, rtol=0, atol=0)
+    torch.save({"num_layers": 2, "hidden_size": 4, "state_dict": {}}, tmp_path / "router.pt")
+    with pytest.raises(InterventionConfigError, match="retrain"):
+        ExitRouter.load(tmp_path)
+
+
+def test_router_that_exits_at_a_layer_equals_the_fixed_exit(tmp_path, monkeypatch):
     from lvlm_guard.exit_router import ExitRouter
 
     model, processor = tiny_llava()
     spec_layers = model.config.text_config.num_hidden_layers
-    router = ExitRouter(spec_layers, model.config.text_config.hidden_size)
-    with torch.no_grad():
-        for layer, lin in enumerate(router.routers):
-            lin.weight.zero_()
-            lin.bias.copy_(torch.tensor([0.0, 5.0]) if layer == 1 else torch.tensor([5.0, 0.0]))
+    router = ExitRouter(spec_layers, model.config.text_config.hidden_size, width=4)
     router.save(tmp_path)
+    # the decision depends on the logits only: force them per layer (exit at layer 1 only)
+    monkeypatch.setattr(
+        ExitRouter,
+        "logits",
+        lambda self, layer, f: torch.tensor([[0.0, 5.0]] if layer == 1 else [[5.0, 0.0]]).expand(f.shape[0], 2),
+    )
     inputs = lg.Guard(model, processor, []).prepare(IMAGES, PROMPTS)
     results = []
     for method in (VisualTokenExit(layer=1), VisualTokenExit(router=str(tmp_path))):
