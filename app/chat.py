@@ -6,7 +6,8 @@
 
 Environment: LVLM_GUARD_APP_MODEL (model when no --model), LVLM_GUARD_APP_WORLD (a COCO root
 whose "test" split gives the sample images; default: the embedded world, built if missing),
-LVLM_GUARD_APP_MAX_NEW_TOKENS (the slider's starting value, 48).
+LVLM_GUARD_APP_MAX_NEW_TOKENS (the slider's starting value, 160: tiny-coco's descriptions end by ~100).
+Uploads: at most app/inputs.py's MAX_UPLOAD_MB, also Streamlit's limit (app/.streamlit/config.toml).
 Logic lives in the sibling modules (no streamlit import) so it is unit-tested on its own.
 """
 
@@ -23,8 +24,8 @@ import streamlit as st  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from app import heatmap, objects, session  # noqa: E402
-from app.inputs import check_prompt, read_image  # noqa: E402
-from lvlm_guard.errors import GuardError  # noqa: E402
+from app.inputs import MAX_UPLOAD_MB, UPLOAD_LABEL, check_prompt, read_image  # noqa: E402
+from lvlm_guard.errors import GuardError, InterventionConfigError  # noqa: E402
 from lvlm_guard.methods import available_methods  # noqa: E402
 
 
@@ -60,35 +61,50 @@ def cached_samples(root: str | None) -> list[objects.SampleImage]:
     return objects.sample_images(Path(root), "test")
 
 
-def method_controls() -> dict[str, dict[str, object]]:
-    """Sidebar toggles, one per registered method, with a widget per config field."""
+def method_controls() -> dict[str, dict[str, object]] | None:
+    """Sidebar toggles, one per registered method with its one-line summary, and a widget per config
+    field whose help says what it does and what it allows. None when a setting is invalid (its typed
+    message is shown under the method)."""
     selected: dict[str, dict[str, object]] = {}
+    valid = True
     st.sidebar.header("Guard methods")
     for name in available_methods():
-        if not st.sidebar.toggle(name.upper(), key=f"use_{name}"):
+        on = st.sidebar.toggle(session.method_title(name), key=f"use_{name}", help=session.method_summary(name))
+        st.sidebar.caption(session.method_summary(name))
+        if not on:
             continue
         params: dict[str, object] = {}
         with st.sidebar.expander(f"{name} parameters"):
-            for param in session.method_parameters(name):
-                key = f"{name}.{param.name}"
-                if isinstance(param.default, bool):
-                    params[param.name] = st.checkbox(param.name, value=param.default, key=key)
-                elif isinstance(param.default, int):
-                    params[param.name] = int(st.number_input(param.name, value=param.default, step=1, key=key))
-                elif isinstance(param.default, float):
-                    params[param.name] = float(st.number_input(param.name, value=param.default, format="%.4g", key=key))
-                elif param.default is None:
-                    raw = st.text_input(f"{param.name} (empty: none)", value="", key=key).strip()
-                    params[param.name] = raw or None
+            try:
+                for param in session.method_parameters(name):
+                    params[param.name] = _parameter_widget(name, param)
+                session.check_method(name, params)
+            except InterventionConfigError as err:  # InvalidSettingError: the method, field, value, what is allowed
+                st.error(str(err))
+                valid = False
         selected[name] = params
-    return selected
+    return selected if valid else None
+
+
+def _parameter_widget(name: str, param: session.Parameter) -> object:
+    key, label, help_text = f"{name}.{param.name}", param.name, param.help
+    if param.widget == "checkbox":
+        return st.checkbox(label, value=param.default, key=key, help=help_text)
+    if param.widget == "int":
+        return int(st.number_input(label, value=param.default, step=1, key=key, help=help_text))
+    if param.widget == "float":
+        return float(st.number_input(label, value=param.default, format="%.4g", key=key, help=help_text))
+    if param.widget == "choice":
+        return st.selectbox(label, param.choices, index=param.choices.index(param.default), key=key, help=help_text)
+    raw = st.text_input(label, value=session.spec_value(param.default), key=key, help=help_text)
+    return session.parse_parameter(name, param.name, raw)
 
 
 def choose_image() -> tuple[Image.Image | None, frozenset[str] | None, str]:
     """The image to talk about, its ground-truth categories (samples only) and a key for it."""
     source = st.radio("Image", ["Sample from the embedded world", "Upload"], horizontal=True)
     if source == "Upload":
-        upload = st.file_uploader("An image (PNG, JPEG, WebP ...; at most 20 MB and 40 megapixels)")
+        upload = st.file_uploader(UPLOAD_LABEL, max_upload_size=MAX_UPLOAD_MB)
         if upload is None:
             return None, None, ""
         try:
@@ -106,13 +122,21 @@ def choose_image() -> tuple[Image.Image | None, frozenset[str] | None, str]:
     return Image.open(sample.path).convert("RGB"), sample.objects, f"sample:{sample.image_id}"
 
 
-def show_answer(column, title: str, text: str, truth: frozenset[str] | None) -> None:
-    marks = objects.mark_objects(text, truth)
+def show_answer(column, title: str, answer: session.Answer, truth: frozenset[str] | None) -> None:
+    marks = objects.mark_objects(answer.text, truth)
     column.subheader(title)
-    column.markdown(objects.marked_markdown(text, marks) or "_(empty answer)_")
+    column.markdown(objects.marked_markdown(answer.text, marks) or "_(empty answer)_")
+    note = session.cut_note(answer)
+    if note:
+        column.warning(note)
     if marks:
         names = [f"{m.category} ({m.status})" for m in marks]
         column.caption("Objects: " + "; ".join(names))
+
+
+def queue_notice(slot):
+    """`on_wait` for the session's lock: the queue message in `slot` while another request runs."""
+    return lambda: slot.info(session.QUEUE_MESSAGE, icon="⏳")
 
 
 def main() -> None:
@@ -125,13 +149,16 @@ def main() -> None:
         st.error(f"Cannot load the model {name!r}: {err}")
         return
     st.sidebar.caption(f"Model: {name}")
-    default_tokens = int(os.environ.get("LVLM_GUARD_APP_MAX_NEW_TOKENS", "48"))
-    max_new_tokens = st.sidebar.slider("Max new tokens", 1, 256, default_tokens, key="max_new_tokens")
-    try:
-        spec = session.guard_spec(method_controls())
-    except GuardError as err:
-        st.sidebar.error(str(err))
+    default_tokens = int(os.environ.get("LVLM_GUARD_APP_MAX_NEW_TOKENS", session.DEFAULT_MAX_NEW_TOKENS))
+    max_new_tokens = st.sidebar.slider(
+        "Max new tokens", 1, 512, default_tokens, key="max_new_tokens",
+        help="Generation stops here if the answer has not ended; an answer cut there says so.",
+    )  # fmt: skip
+    selected = method_controls()
+    if selected is None:
+        st.warning("A guard setting is invalid (the message is in the sidebar): fix it to ask.")
         return
+    spec = session.guard_spec(selected)
     st.sidebar.code(spec, language=None)
 
     image, truth, image_key = choose_image()
@@ -141,70 +168,107 @@ def main() -> None:
     st.image(image, width=320)
     prompt = st.text_area("Question", value="Describe the image.", key="prompt")
     state = st.session_state
-    if st.button("Ask", type="primary"):
+    asked = st.button("Ask", type="primary")
+    # Two slots below the button, both emptied at the start of every run: a new question clears the
+    # old answers at once (an element replaces their block) instead of leaving them greyed out while
+    # the new ones stream, and the streaming slots go before the answers are drawn (a block drawn
+    # over a block of the same type would keep its children).
+    stream_area, result_area = st.empty(), st.empty()
+    if asked:
+        state.pop("result", None)
+        state.pop("maps", None)
         try:
             question = check_prompt(prompt)
             session.guard_spec_check(spec)
         except GuardError as err:
-            st.warning(str(err))
+            stream_area.warning(str(err))
             return
-        left, right = st.columns(2)
-        slots = {session.UNGUARDED: left.empty(), session.GUARDED: right.empty()}
-        answers = {session.UNGUARDED: "", session.GUARDED: ""}
-        try:
-            for which, text in session.stream_answers(model, processor, spec, image, question, max_new_tokens):
-                answers[which] = text
-                slots[which].markdown(f"**{which}**\n\n{text} ▌")
-        except Exception as err:  # typed errors and anything else: a message, never a traceback
-            st.error(f"Generation failed ({type(err).__name__}): {err}")
-            return
-        for slot in slots.values():
-            slot.empty()
-        state["result"] = {"answers": answers, "key": image_key, "prompt": question, "spec": spec}
+        finished: dict[str, session.Answer] = {}
+        with stream_area.container():
+            notice = st.empty()
+            left, right = st.columns(2)
+            slots = {session.UNGUARDED: left.empty(), session.GUARDED: right.empty()}
+            try:
+                events = session.stream_answers(
+                    model, processor, spec, image, question, max_new_tokens, finished, queue_notice(notice)
+                )
+                for which, text in events:
+                    notice.empty()
+                    slots[which].markdown(f"**{which}**\n\n{text} ▌")
+            except Exception as err:  # typed errors and anything else: a message, never a traceback
+                st.error(f"Generation failed ({type(err).__name__}): {err}")
+                return
+        stream_area.empty()
+        state["result"] = {"answers": finished, "key": image_key, "prompt": question, "spec": spec}
     result = state.get("result")
     if not result or result["key"] != image_key:
         return
-    left, right = st.columns(2)
-    show_answer(left, "Unguarded", result["answers"][session.UNGUARDED], truth)
-    show_answer(right, f"Guarded: {result['spec']}", result["answers"][session.GUARDED], truth)
-    attention_panel(model, processor, image, truth, result)
+    with result_area.container():
+        left, right = st.columns(2)
+        show_answer(left, "Unguarded", result["answers"][session.UNGUARDED], truth)
+        show_answer(right, f"Guarded: {result['spec']}", result["answers"][session.GUARDED], truth)
+        with st.expander("What the marks mean", expanded=True):
+            st.markdown(objects.legend_markdown(truth is not None))
+        attention_panel(model, processor, image, truth, result)
 
 
 def attention_panel(model, processor, image, truth, result) -> None:
+    """The chosen answer's word: attention flow with a colour bar, and VL-SAM beside it, both on the
+    model that gave that answer (guard off for the unguarded answer, on for the guarded one)."""
     st.header("Where the model looks")
     which = st.radio("Answer", [session.UNGUARDED, session.GUARDED], horizontal=True, key="heat_answer")
-    answer = result["answers"][which]
+    answer = result["answers"][which].text
     named = [answer[m.start : m.end] for m in objects.mark_objects(answer, truth) if m.start >= 0]
     words = list(dict.fromkeys([*named, *heatmap.answer_words(answer)]))
     if not words:
         st.info("This answer has no words to map.")
         return
-    word = st.selectbox("Answer word (objects first)", words, key="heat_word")
-    if st.button("Show attention heatmap"):
-        try:
-            heat = session.word_heatmap(
-                model, processor, result["spec"], image, result["prompt"], answer, word, which == session.GUARDED
-            )
-            st.image(heatmap.overlay(image, heat), caption=f"attention flow of {word!r} over the image", width=320)
-        except Exception as err:
-            st.error(f"No heatmap ({type(err).__name__}): {err}")
-    if session.has_vlsam() and st.button("VL-SAM: locate this word"):
-        try:
-            found = session.locate_word(model, processor, result["spec"], image, word)
-            picture = heatmap.draw_point_box(heatmap.overlay(image, found.heatmap), found.point, found.box)
-            st.image(picture, caption=f"VL-SAM point {found.point} and box for {word!r}", width=320)
-        except Exception as err:
-            st.error(f"VL-SAM failed ({type(err).__name__}): {err}")
+    word = st.selectbox("Answer word (objects first; stop words left out)", words, key="heat_word")
+    guarded_run = which == session.GUARDED
+    maps = st.session_state.setdefault("maps", {})  # (kind, which, word) -> what was drawn; kept across reruns
+    notice = st.empty()
+    heat_col, sam_col = st.columns(2)
     sam_name = _sam_name()
-    if session.has_vlsam() and sam_name and st.button("VL-SAM: segment this word with SAM"):
+    heat_clicked = heat_col.button("Show attention heatmap")
+    locate_clicked = session.has_vlsam() and sam_col.button("VL-SAM: locate this word")
+    segment_clicked = session.has_vlsam() and sam_name and sam_col.button("VL-SAM: segment this word with SAM")
+    args = (model, processor, result["spec"], image)
+    if heat_clicked:
         try:
-            found = session.segment_word(model, processor, result["spec"], image, word, cached_sam(sam_name))
+            heat = session.word_heatmap(*args, result["prompt"], answer, word, guarded_run, queue_notice(notice))
+            maps[("heat", which, word)] = (heatmap.overlay(image, heat), heatmap.heat_range(heat))
+        except Exception as err:
+            maps[("heat", which, word)] = f"No heatmap ({type(err).__name__}): {err}"
+    if locate_clicked:
+        try:
+            found = session.locate_word(*args, word, guarded_run, queue_notice(notice))
+            picture = heatmap.draw_point_box(heatmap.overlay(image, found.heatmap), found.point, found.box)
+            maps[("sam", which, word)] = (picture, f"VL-SAM point {found.point} and box for {word!r} ({which})")
+        except Exception as err:
+            maps[("sam", which, word)] = f"VL-SAM failed ({type(err).__name__}): {err}"
+    if segment_clicked:
+        try:
+            found = session.segment_word(*args, word, cached_sam(sam_name), guarded_run, queue_notice(notice))
             picture = heatmap.draw_mask(image, found.segmentation.mask.cpu().numpy())
             for point in found.segmentation.positives:
                 picture = heatmap.draw_point_box(picture, point, found.segmentation.box or found.box)
-            st.image(picture, caption=f"SAM mask for {word!r} (score {found.segmentation.score:.2f})", width=320)
+            caption = f"SAM mask for {word!r} ({which}, score {found.segmentation.score:.2f})"
+            maps[("sam", which, word)] = (picture, caption)
         except Exception as err:
-            st.error(f"SAM failed ({type(err).__name__}): {err}")
+            maps[("sam", which, word)] = f"SAM failed ({type(err).__name__}): {err}"
+    notice.empty()
+    drawn = maps.get(("heat", which, word))
+    if isinstance(drawn, str):
+        heat_col.error(drawn)
+    elif drawn:
+        picture, (low, high) = drawn
+        heat_col.image(picture, caption=f"attention flow of {word!r} over the image ({which})", width=320)
+        heat_col.image(heatmap.colorbar(low, high), caption="colour scale: attention flow, min to max", width=320)
+    located = maps.get(("sam", which, word))
+    if isinstance(located, str):
+        sam_col.error(located)
+    elif located:
+        sam_col.image(located[0], caption=located[1], width=320)
 
 
 main()

@@ -1,7 +1,9 @@
-"""Attention maps drawn over the image: pure functions from a `[H, W]` map to an RGB picture."""
+"""Attention maps drawn over the image: pure functions from a `[H, W]` map to an RGB picture, the
+colour bar that reads it, and the answer words worth mapping (stop words left out)."""
 
 from __future__ import annotations
 
+import io
 import re
 
 import numpy as np
@@ -48,12 +50,56 @@ def draw_point_box(image: Image.Image, point: tuple[int, int], box: tuple[float,
     return out
 
 
+# Function words an attention map says nothing about (our own short list: articles, pronouns,
+# auxiliaries, prepositions, conjunctions and the answers' stock phrases "there is", "can be seen").
+STOP_WORDS = frozenset(
+    """a an the this that these those there here it its they them their he she his her we you i me my our
+    is are was were be been being am has have had do does did can could may might will would shall should
+    of in on at to from by with without for about into onto over under near next above below behind
+    between beside besides around through up down out off and or but nor so yet if then than as also
+    too very not no yes some any all each both few more most other such only own same just
+    what which who whom whose where when why how image picture photo seen see looks look like""".split()
+)
+
+
 def answer_words(answer: str) -> list[str]:
-    """Distinct alphabetic words of an answer, in order (the choices for a heatmap)."""
+    """Distinct alphabetic words of an answer, in order, without stop words (the heatmap's choices)."""
     seen: dict[str, None] = {}
     for word in re.findall(r"[A-Za-z]+", answer):
-        seen.setdefault(word, None)
+        if word.lower() not in STOP_WORDS:
+            seen.setdefault(word, None)
     return list(seen)
+
+
+def colorbar(low: float, high: float, cmap: str = "jet", width: int = 320) -> Image.Image:
+    """A horizontal colour bar of `cmap` from `low` (left) to `high` (right), labelled, for the map
+    drawn by `overlay` (which stretches `[low, high]` to the colour map's full range)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the page runs headless
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    figure = Figure(figsize=(width / dpi, 0.75), dpi=dpi)
+    axes = figure.add_axes((0.04, 0.55, 0.92, 0.35))
+    bar = figure.colorbar(
+        ScalarMappable(Normalize(low, high), matplotlib.colormaps[cmap]), cax=axes, orientation="horizontal"
+    )
+    bar.set_ticks([low, high], labels=[f"{low:.3g} (least)", f"{high:.3g} (most attention)"])
+    bar.ax.tick_params(labelsize=7)
+    for label, align in zip(bar.ax.get_xticklabels(), ("left", "right")):
+        label.set_horizontalalignment(align)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def heat_range(heat: torch.Tensor) -> tuple[float, float]:
+    """The map's `(min, max)`: what the colour bar's ends stand for."""
+    values = heat.detach().to(torch.float64)
+    return float(values.min()), float(values.max())
 
 
 def draw_mask(

@@ -13,8 +13,10 @@ from PIL import Image, UnidentifiedImageError
 
 from lvlm_guard.errors import GuardError, ImageInputError
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # our choice: 20 MB
+MAX_UPLOAD_MB = 20  # our choice; app/.streamlit/config.toml's server.maxUploadSize says the same to Streamlit
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024  # Streamlit's MB are MiB (maxUploadSize * 1024 * 1024)
 MAX_PIXELS = 40_000_000  # our choice: 40 megapixels
+UPLOAD_LABEL = f"An image (PNG, JPEG, WebP ...; at most {MAX_UPLOAD_MB} MB and {MAX_PIXELS // 1_000_000} megapixels)"
 
 
 class PromptInputError(GuardError, ValueError):
@@ -27,7 +29,7 @@ def read_image(data: bytes, name: str = "upload") -> Image.Image:
         raise ImageInputError(f"{name!r} is empty")
     if len(data) > MAX_UPLOAD_BYTES:
         raise ImageInputError(
-            f"{name!r} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB, downscale it first"
+            f"{name!r} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB, downscale it first"
         )
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only: the size is known before decoding

@@ -33,10 +33,13 @@ LEGEND = {
     DENIED_ABSENT: "said to be absent, and it is absent (in italics)",
     DENIED_PRESENT: "said to be absent, but it is in the image",
     UNCHECKED: "no ground truth for this image (an upload)",
+    DENIED: "said to be absent; no ground truth to check it against (an upload)",
 }
 
 # "No," answering a question is a particle, not a cue: "No, there is a bus" says nothing absent
-_NEGATION = re.compile(r"\bno\b(?!\s*[,.!?])|\b(?:not|none|never|nothing|nobody|nor|neither|cannot)\b|n't\b", re.IGNORECASE)
+_NEGATION = re.compile(
+    r"\bno\b(?!\s*[,.!?])|\b(?:not|none|never|nothing|nobody|nor|neither|cannot)\b|n't\b", re.IGNORECASE
+)
 _WITHOUT = re.compile(r"\bwithout((?:\W+\w+){1,3})", re.IGNORECASE)  # scope: its noun phrase (3 words)
 _CLAUSE_END = re.compile(r"[.;!?\n]|\b(?:but|however|although|though|whereas|while|yet|except)\b", re.IGNORECASE)
 
@@ -65,7 +68,7 @@ def _status(category: str, ground_truth: Set[str] | None, negated: bool) -> str:
 class MarkedObject:
     text: str  # as written in the answer
     category: str  # the COCO category it names
-    status: str  # PRESENT, HALLUCINATED or UNCHECKED
+    status: str  # PRESENT, HALLUCINATED, UNCHECKED or one of the DENIED_* / DENIED
     start: int  # character span in the answer; -1 when the words could not be found again
     end: int
 
@@ -89,7 +92,11 @@ def mark_objects(answer: str, ground_truth: Set[str] | None) -> list[MarkedObjec
         if found:
             cursor = end
         negated = found is not None and any(a <= start < b for a, b in negations)
-        marks.append(MarkedObject(mention.surface, mention.category, _status(mention.category, ground_truth, negated), start, end))
+        marks.append(
+            MarkedObject(
+                mention.surface, mention.category, _status(mention.category, ground_truth, negated), start, end
+            )
+        )
     return marks
 
 
@@ -98,15 +105,27 @@ def marked_markdown(answer: str, marks: list[MarkedObject]) -> str:
     out, cursor = [], 0
     for mark in sorted((m for m in marks if m.start >= 0), key=lambda m: m.start):
         out.append(_escape(answer[cursor : mark.start]))
-        word = _escape(answer[mark.start : mark.end])
-        if mark.status == HALLUCINATED:
-            word = f"~~{word}~~"
-        elif mark.status in (DENIED_ABSENT, DENIED_PRESENT, DENIED):
-            word = f"*{word}*"
-        out.append(f":{_COLOUR[mark.status]}-background[{word}]")
+        out.append(styled(_escape(answer[mark.start : mark.end]), mark.status))
         cursor = mark.end
     out.append(_escape(answer[cursor:]))
     return "".join(out)
+
+
+def styled(word: str, status: str) -> str:
+    """`word` (already escaped) in the markdown a mention of `status` gets: its colour, struck through
+    when hallucinated, italic when denied."""
+    if status == HALLUCINATED:
+        word = f"~~{word}~~"
+    elif status in (DENIED_ABSENT, DENIED_PRESENT, DENIED):
+        word = f"*{word}*"
+    return f":{_COLOUR[status]}-background[{word}]"
+
+
+def legend_markdown(ground_truth_known: bool = True) -> str:
+    """One line per mark the answers can show (LEGEND), each drawn as the answers draw it; marks
+    that cannot occur (with or without ground truth) are left out."""
+    shown = [s for s in LEGEND if (s not in (UNCHECKED, DENIED)) == ground_truth_known]
+    return "  \n".join(f"{styled(_escape(s), s)} {_escape(LEGEND[s])}" for s in shown)
 
 
 def _escape(text: str) -> str:
