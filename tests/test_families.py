@@ -5,10 +5,9 @@ One module-scoped model per family; every test that attaches a guard detaches it
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from contract import IMAGES, PROMPTS, STEPS
 from tiny_families import FAMILIES, HEADS, KV_HEADS, LAYERS
 from torch import nn
 from transformers.quantizers.quantizers_utils import should_convert_module
@@ -28,17 +27,6 @@ ADAPTERS = {
     "idefics3": Idefics3Adapter,
     "smolvlm": Idefics3Adapter,
 }
-
-
-def image(seed: int, size: tuple[int, int]) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-
-
-# different sizes and aspect ratios: different token counts in the dynamic-resolution families
-IMAGES = [image(1, (40, 36)), [image(2, (24, 56)), image(3, (56, 16))]]
-PROMPTS = ["what is this ?", "describe this picture in detail please"]
-STEPS = 4
 
 
 @pytest.fixture(
@@ -314,56 +302,6 @@ def test_pai_image_free_branch_generates(family):
         guard.detach()
     assert len(out.token_ids) == 2 and all(len(t) > 0 for t in out.token_ids)
     assert len(off.token_ids) == 2
-
-
-def test_a_batch_equals_its_samples_one_by_one(family):
-    _, model, processor = family
-    guard = lg.attach(model, processor, [lg.PAI(alpha=0.5, gamma=None)])
-    try:
-        batch = guard.generate(IMAGES, PROMPTS, max_new_tokens=STEPS)
-        single = [guard.generate([img], [p], max_new_tokens=STEPS) for img, p in zip(IMAGES, PROMPTS)]
-    finally:
-        guard.detach()
-    assert batch.token_ids == [s.token_ids[0] for s in single]
-
-
-def test_cached_generation_equals_recomputation_without_cache(family):
-    _, model, processor = family
-    guard = lg.attach(model, processor, [lg.PAI(alpha=0.5, gamma=None)])
-    try:
-        inputs = guard.prepare(IMAGES, PROMPTS)
-        cached = greedy(model, inputs)
-        ids, grown = inputs["input_ids"], dict(inputs)
-        with torch.no_grad():
-            for step in range(STEPS):
-                logits = model(**grown, use_cache=False).logits[:, -1]
-                torch.testing.assert_close(logits, cached.logits[step], rtol=1e-4, atol=1e-4)
-                next_ids = cached.sequences[:, ids.shape[1] + step : ids.shape[1] + step + 1]
-                grown = {**grown, **_extended(grown, next_ids)}
-    finally:
-        guard.detach()
-
-
-def _extended(inputs: dict, next_ids: torch.Tensor) -> dict:
-    """The per-token inputs with one more (text) token."""
-    out = {
-        "input_ids": torch.cat([inputs["input_ids"], next_ids], 1),
-        "attention_mask": torch.cat([inputs["attention_mask"], torch.ones_like(next_ids)], 1),
-    }
-    if "mm_token_type_ids" in inputs:  # Qwen-VL: 0 = text
-        out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(next_ids)], 1)
-    return out
-
-
-def test_static_cache_generation_matches_dynamic_cache(family):
-    _, model, processor = family
-    guard = lg.attach(model, processor, [lg.PAI(alpha=0.5, gamma=None)])
-    try:
-        dynamic = guard.generate(IMAGES, PROMPTS, max_new_tokens=STEPS)
-        static = guard.generate(IMAGES, PROMPTS, max_new_tokens=STEPS, cache_implementation="static")
-    finally:
-        guard.detach()
-    assert static.token_ids == dynamic.token_ids
 
 
 def test_the_fused_kernel_equals_the_bias_path(family, monkeypatch):

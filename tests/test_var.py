@@ -9,8 +9,6 @@ import pytest
 import torch
 from test_attention_edits import SCALING, fake_module, random_case
 from test_guard import IMAGES, PROMPTS
-from test_vhr import assert_family_guarantees
-from tiny_families import FAMILIES
 from tiny_models import assert_cached_equals_recomputation, tiny_llava
 
 import lvlm_guard as lg
@@ -170,17 +168,6 @@ def test_last_layer_true_edits_the_last_layer_of_a_model():
         assert (3 in sinks) is last
     assert edited_layers == {False: [1, 2], True: [1, 2, 3]}
     assert not torch.allclose(logits[False], logits[True])
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family_model(request):
-    return FAMILIES[request.param]()
-
-
-def test_var_keeps_the_shared_guarantees_on_every_family(family_model):
-    model, processor = family_model
-    var = lg.VAR(tau=2.0, start_layer=1, rho=1.0, summ=0.0, last_layer=True)
-    assert_family_guarantees(model, processor, [var])
 
 
 @pytest.mark.parametrize("q_len", [1, 6])

@@ -1,5 +1,5 @@
 """VHR: head selection (Eq. 6-7) against a float64 reading of the paper, the layer rule (Sec. 4.4),
-the reinforcement's exact reach, presets, and the shared guarantees on every family."""
+the reinforcement's exact reach and presets (the shared guarantees: tests/test_contract.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import statistics
 
 import pytest
 import torch
-from test_families import IMAGES as FAMILY_IMAGES
-from test_families import PROMPTS as FAMILY_PROMPTS
-from test_families import STEPS, _extended
+from contract import IMAGES as FAMILY_IMAGES
+from contract import PROMPTS as FAMILY_PROMPTS
 from test_guard import IMAGES, PROMPTS
 from tiny_families import FAMILIES, LAYERS
 from tiny_models import assert_cached_equals_recomputation, tiny_llava
@@ -245,55 +244,15 @@ def test_head_scaling_runs_in_the_attention_function_without_module_hooks():
     guard.detach()
 
 
-# --- the shared guarantees on every family ----------------------------------------------------------
+# --- every family -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family_model(request):
     return FAMILIES[request.param]()
 
 
-def assert_family_guarantees(model, processor, interventions, steps: int = STEPS) -> None:
-    """Off = bit-identical, cache == recomputation, batch == one by one, on one family's model."""
-    builder = lg.Guard(model, processor, [])  # never attached: only builds inputs
-    # a random model may emit its image placeholder, which a recomputation would read as an image
-    image_token = builder.adapter.image_token_id
-
-    @torch.no_grad()
-    def greedy(model, inputs, steps):
-        return model.generate(
-            **inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True,
-            suppress_tokens=[image_token],
-        )  # fmt: skip
-
-    def inputs_now():  # fresh each time: some families' `generate` changes its inputs in place
-        return builder.prepare(FAMILY_IMAGES, FAMILY_PROMPTS)
-
-    inputs = inputs_now()
-    plain = greedy(model, inputs_now(), steps)
-    guard = lg.attach(model, processor, interventions)
-    try:
-        with guard.disabled():
-            off = greedy(model, inputs_now(), steps)
-        assert torch.equal(off.sequences, plain.sequences)
-        assert all(torch.equal(a, b) for a, b in zip(off.logits, plain.logits))
-        cached = greedy(model, inputs_now(), steps)
-        ids, grown = inputs["input_ids"], dict(inputs)
-        with torch.no_grad():
-            for step in range(steps):
-                logits = model(**grown, use_cache=False).logits[:, -1]
-                torch.testing.assert_close(logits, cached.logits[step], rtol=1e-4, atol=1e-4)
-                next_ids = cached.sequences[:, ids.shape[1] + step : ids.shape[1] + step + 1]
-                grown = {**grown, **_extended(grown, next_ids)}
-        batch = guard.generate(FAMILY_IMAGES, FAMILY_PROMPTS, max_new_tokens=steps)
-        single = [guard.generate([i], [p], max_new_tokens=steps) for i, p in zip(FAMILY_IMAGES, FAMILY_PROMPTS)]
-        assert batch.token_ids == [s.token_ids[0] for s in single]
-    finally:
-        guard.detach()
-    assert torch.equal(greedy(model, inputs_now(), steps).sequences, plain.sequences)
-
-
-def test_vhr_keeps_the_shared_guarantees_on_every_family(family_model):
+def test_vhr_reinforces_the_rule_layers_on_every_family(family_model):
+    """The shared guarantees are in tests/test_contract.py; here: the layers VHR edits on each family."""
     model, processor = family_model
-    assert_family_guarantees(model, processor, [lg.VHR()])
     guard = lg.attach(model, processor, [lg.VHR()])
     try:
         guard.generate(FAMILY_IMAGES, FAMILY_PROMPTS, max_new_tokens=1)
