@@ -26,14 +26,17 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _LAZY = {
+    "FastPaths": "lvlm_guard.attention",
     "GenerationOutput": "lvlm_guard.guard",
     "Guard": "lvlm_guard.guard",
     "attach": "lvlm_guard.guard",
     "load": "lvlm_guard.loading",
+    "DoLa": "lvlm_guard.methods",
     "IAF": "lvlm_guard.methods",
     "PAI": "lvlm_guard.methods",
     "PAINT": "lvlm_guard.methods",
     "VAR": "lvlm_guard.methods",
+    "VCD": "lvlm_guard.methods",
     "VHR": "lvlm_guard.methods",
     "Intervention": "lvlm_guard.methods",
     "available_methods": "lvlm_guard.methods",

@@ -11,19 +11,23 @@ from lvlm_guard.methods.base import (
     parse_guard_spec,
     register_method,
 )
+from lvlm_guard.methods.dola import DoLa
 from lvlm_guard.methods.pai import PAI
 from lvlm_guard.methods.paint import PAINT
 from lvlm_guard.methods.token_exit import VisualTokenExit
 from lvlm_guard.methods.var import VAR
+from lvlm_guard.methods.vcd import VCD
 from lvlm_guard.methods.vhr import VHR
 
 IAF = PAINT  # deprecated: the guard once named "iaf" is PAINT (the spec parser maps "iaf" to "paint")
 
 __all__ = [
+    "DoLa",
     "IAF",
     "PAI",
     "PAINT",
     "VAR",
+    "VCD",
     "VHR",
     "VisualTokenExit",
     "Intervention",
