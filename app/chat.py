@@ -69,7 +69,7 @@ def method_controls() -> dict[str, dict[str, object]] | None:
     valid = True
     st.sidebar.header("Guard methods")
     for name in available_methods():
-        on = st.sidebar.toggle(session.method_title(name), key=f"use_{name}", help=session.method_summary(name))
+        on = st.sidebar.toggle(session.method_title(name), key=f"use_{name}")
         st.sidebar.caption(session.method_summary(name))
         if not on:
             continue
