@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
@@ -25,10 +26,6 @@ from lvlm_guard.edits import AttentionEdit, AttentionRows, HeadOutputEdit, HeadO
 from lvlm_guard.state import GuardState
 
 GUARDED = {"sdpa": "lvlm_guard_sdpa", "eager": "lvlm_guard_eager"}
-#: when decoding steps run `ScoreMod` edits in one fused FlexAttention pass:
-#:  "auto" on CUDA inside torch.compile (static-cache decoding), "reference" on any device with FlexAttention's unfused
-#:  reference (tests), "off" never (the equivalent bias through SDPA instead)
-FUSED_SCORE_MODS = "auto"
 BASE_OF = {v: k for k, v in GUARDED.items()}
 LAYER_ATTR = "_lvlm_guard_attention"  # set on attention modules while a guard is attached
 
@@ -63,45 +60,73 @@ def guarded_attention_forward(module, query, key, value, attention_mask, **kwarg
     return layer_attention(module, query, key, value, attention_mask, stock, **kwargs)
 
 
-#: "auto" fuses from this many (sequence, head) rows per step on: below it the fused kernel is
-#: slower than SDPA plus the bias (H100, 32 heads: 24.8 vs 16.9 us at batch 1, 33.4 vs 40.2 us at
-#: batch 4, 43.9 vs 69.0 us at batch 8; evals/results/bench_decode_attention.json)
-FUSED_MIN_ROWS = 128
+@dataclass(frozen=True)
+class FastPaths:
+    """Which fast form of an attention edit serves, chosen once when a guard is attached
+    (`lg.attach(..., paths=FastPaths(...))`); every form equals the readable reference path (the
+    SDPA additive bias / patched rows) up to rounding, as tests/test_decode_kernel.py checks.
+
+    decode_kernel: the fused Triton decoding kernel (`lvlm_guard.decode_kernel`) for a layer whose one
+      all-head edit has a kernel form. "auto" = on CUDA where Triton is installed; "on" = wherever it
+      can run (the tests: CPU through Triton's interpreter); "off" = never. On by default: on the H200
+      it lifted eager VAR decoding from 0.58x to 1.00x plain at batch 1 and from 0.55x to 0.87x at
+      batch 8 (paired), and per layer and step it takes 7.4 us (PAI) / 11.5 us (VAR) against SDPA's
+      12.9 at batch 1 compiled (evals/results/decode_kernel/README.md).
+    score_mods: decoding steps whose edits are all score_mods run as one fused FlexAttention pass:
+      "auto" = on CUDA inside torch.compile (static-cache decoding) from `fused_min_rows` (sequence,
+      head) rows per step; "reference" = on any device with FlexAttention's unfused reference (tests);
+      "off" = never (the equivalent bias through SDPA instead).
+    fused_min_rows: below it the fused kernel is slower than SDPA plus the bias (H100, 32 heads: 24.8
+      vs 16.9 us at batch 1, 33.4 vs 40.2 us at batch 4, 43.9 vs 69.0 us at batch 8;
+      evals/results/bench_decode_attention.json).
+    """
+
+    decode_kernel: str = "auto"
+    score_mods: str = "auto"
+    fused_min_rows: int = 128
+
+    def __post_init__(self) -> None:
+        from lvlm_guard.errors import InterventionConfigError
+
+        if self.decode_kernel not in ("auto", "on", "off"):
+            raise InterventionConfigError(
+                f"FastPaths.decode_kernel must be 'auto', 'on' or 'off', got {self.decode_kernel!r}"
+            )
+        if self.score_mods not in ("auto", "reference", "off"):
+            raise InterventionConfigError(
+                f"FastPaths.score_mods must be 'auto', 'reference' or 'off', got {self.score_mods!r}"
+            )
 
 
-#: the fused Triton decoding kernel (`lvlm_guard.decode_kernel`): "auto" = on CUDA where Triton is
-#: installed; "on" = wherever it can run (the tests: CPU through Triton's interpreter); "off" = never.
-#: On by default: on the H200 it lifted eager VAR decoding from 0.58x to 1.00x plain at batch 1 and
-#: from 0.55x to 0.87x at batch 8 (paired), and per layer and step it takes 7.4 us (PAI) / 11.5 us
-#: (VAR) against SDPA's 12.9 at batch 1 compiled; where it is not yet better:
-#: evals/results/decode_kernel/README.md.
-DECODE_KERNEL = "auto"
+DEFAULT_PATHS = FastPaths()
 
 
-#: set when the kernel failed in "auto" mode (e.g. a GPU or Triton version it does not compile
-#: for): the bias path serves from then on, after one warning
-_KERNEL_FAILED = False
+class KernelHealth:
+    """Per guard: set when the kernel failed in "auto" mode (e.g. a GPU or Triton version it does
+    not compile for): the bias path serves from then on, after one warning."""
+
+    def __init__(self) -> None:
+        self.failed = False
 
 
-def _kernel_allowed(query: torch.Tensor, key: torch.Tensor, image_keys: torch.Tensor) -> bool:
+def _kernel_allowed(paths: FastPaths, health: KernelHealth, query, key, image_keys) -> bool:
     """The kernel has no backward: where gradients flow, the bias path (autograd) serves. It
     indexes the image mask by sequence: a mask of another batch falls to the bias path's checks."""
-    if DECODE_KERNEL == "off" or _KERNEL_FAILED or not dk.TRITON_AVAILABLE or not dk.supports(query, key):
+    if paths.decode_kernel == "off" or health.failed or not dk.TRITON_AVAILABLE or not dk.supports(query, key):
         return False
     if image_keys.shape[0] != query.shape[0] or (torch.is_grad_enabled() and query.requires_grad):
         return False
-    return DECODE_KERNEL == "on" or query.is_cuda
+    return paths.decode_kernel == "on" or query.is_cuda
 
 
-def _kernel_or_none(*args, **kwargs) -> torch.Tensor | None:
+def _kernel_or_none(paths: FastPaths, health: KernelHealth, *args, **kwargs) -> torch.Tensor | None:
     """`decode_kernel.decode_attention`; in "auto" mode a failure warns once and returns None."""
-    global _KERNEL_FAILED
-    if DECODE_KERNEL == "on" or torch.compiler.is_compiling():
+    if paths.decode_kernel == "on" or torch.compiler.is_compiling():
         return dk.decode_attention(*args, **kwargs)
     try:
         return dk.decode_attention(*args, **kwargs)
     except Exception as error:  # the kernel is an optimisation: a failure must not stop generation
-        _KERNEL_FAILED = True
+        health.failed = True
         warnings.warn(
             f"lvlm_guard: the fused attention kernel failed ({error!r}); the SDPA-bias path serves from now on",
             RuntimeWarning,
@@ -110,13 +135,13 @@ def _kernel_or_none(*args, **kwargs) -> torch.Tensor | None:
         return None
 
 
-def _fused_allowed(query: torch.Tensor) -> bool:
+def _fused_allowed(paths: FastPaths, query: torch.Tensor) -> bool:
     """In "auto": only inside a compiled CUDA graph (called from eager code, the compiled kernel's
     dispatch costs more than the second key read it saves), and only for enough rows."""
-    if FUSED_SCORE_MODS == "auto":
+    if paths.score_mods == "auto":
         rows = query.shape[0] * query.shape[1]
-        return query.is_cuda and torch.compiler.is_compiling() and rows >= FUSED_MIN_ROWS
-    return FUSED_SCORE_MODS == "reference"
+        return query.is_cuda and torch.compiler.is_compiling() and rows >= paths.fused_min_rows
+    return paths.score_mods == "reference"
 
 
 def edit_head_outputs(edits: Sequence[HeadOutputEdit], ctx: HeadOutputs, heads: torch.Tensor) -> torch.Tensor:
@@ -146,8 +171,12 @@ class LayerAttention:
         state: GuardState,
         num_heads: int,
         head_edits: Sequence[HeadOutputEdit] = (),
+        paths: FastPaths = DEFAULT_PATHS,
+        health: KernelHealth | None = None,
     ) -> None:
         self.layer = layer
+        self.paths = paths
+        self.health = health if health is not None else KernelHealth()
         self.edits = edits
         #: per-head output edits (before `o_proj`), applied to this function's output: the same
         #: tensor an `o_proj` pre-hook would see, without a hook on the module (a hooked module
@@ -191,17 +220,22 @@ class LayerAttention:
         group = query.shape[1] // key.shape[1]
         image_keys = state.image_keys_for(query.shape[0], key.shape[2], query.device)
         row_start = self._row_start(edits, q_len) if edits else q_len
-        if edits and self.kernel is not None and not tap and _kernel_allowed(query, key, image_keys):
+        if (
+            edits
+            and self.kernel is not None
+            and not tap
+            and _kernel_allowed(self.paths, self.health, query, key, image_keys)
+        ):
             result = self._kernel_attention(
                 module, query, key, value, attention_mask, stock, image_keys, row_start, scaling, kwargs
             )
             if result is not None:  # None: the kernel failed, the bias path below serves
                 return result
-        if edits and q_len == 1 and self.fusable and not tap and _fused_allowed(query):
+        if edits and q_len == 1 and self.fusable and not tap and _fused_allowed(self.paths, query):
             allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device)
             mods = [(e.score_mod.fn, e.score_mod.weights(state, image_keys)) for e in edits]
             out = am.attend_with_score_mods(
-                query, key, value, allowed, mods, scaling, compiled=FUSED_SCORE_MODS == "auto"
+                query, key, value, allowed, mods, scaling, compiled=self.paths.score_mods == "auto"
             )
             return out.transpose(1, 2).contiguous(), None
         if edits and row_start == 0 and self.all_heads and not self.any_reweight and not tap:
@@ -227,7 +261,9 @@ class LayerAttention:
         sinks = self.kernel.sinks(state, self.layer) if self.kernel.sinks is not None else None
         allowed = am.key_allowed(attention_mask, q_len, key.shape[2], query.device, row_start)
         if q_len == 1:
-            out = _kernel_or_none(query, key, value, allowed, image_keys, self.kernel, sinks, scaling)
+            out = _kernel_or_none(
+                self.paths, self.health, query, key, value, allowed, image_keys, self.kernel, sinks, scaling
+            )
             return None if out is None else (out, None)
         out, weights = stock(module, query, key, value, attention_mask, **kwargs)
         rows = query[:, :, row_start:]
@@ -235,7 +271,9 @@ class LayerAttention:
         apply = self._row_mask(self.edits[0], ctx)
         if apply is not None:
             apply = apply.expand(query.shape[0], rows.shape[2])
-        new = _kernel_or_none(rows, key, value, allowed, image_keys, self.kernel, sinks, scaling, apply=apply)
+        new = _kernel_or_none(
+            self.paths, self.health, rows, key, value, allowed, image_keys, self.kernel, sinks, scaling, apply=apply
+        )
         if new is None:
             return None
         if torch.is_grad_enabled():

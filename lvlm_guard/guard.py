@@ -19,7 +19,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lvlm_guard.attention import GUARDED, LAYER_ATTR, LayerAttention, register_guarded_attention
+from lvlm_guard.attention import (
+    DEFAULT_PATHS,
+    GUARDED,
+    LAYER_ATTR,
+    FastPaths,
+    KernelHealth,
+    LayerAttention,
+    register_guarded_attention,
+)
 from lvlm_guard.cache_compat import forward_cache
 from lvlm_guard.edits import HiddenStateEdit, InterventionPlan
 from lvlm_guard.errors import GuardStateError, InputMismatchError, InterventionConfigError
@@ -42,11 +50,15 @@ class GenerationOutput:
 class Guard:
     """Owns the interventions' hooks on one model; every hook is removed by `detach`."""
 
-    def __init__(self, model: nn.Module, processor, interventions: Sequence[Intervention]) -> None:
+    def __init__(
+        self, model: nn.Module, processor, interventions: Sequence[Intervention], paths: FastPaths = DEFAULT_PATHS
+    ) -> None:
         if getattr(model, MODEL_ATTR, None) is not None:
             raise GuardStateError("a guard is already attached to this model; detach it first")
         if isinstance(interventions, (str, Intervention)):
-            hint = f"lg.parse_guard_spec({interventions!r})" if isinstance(interventions, str) else f"[{interventions!r}]"
+            hint = (
+                f"lg.parse_guard_spec({interventions!r})" if isinstance(interventions, str) else f"[{interventions!r}]"
+            )
             raise InterventionConfigError(
                 f"interventions must be a list of guards, got {type(interventions).__name__} {interventions!r}; "
                 f"pass {hint}"
@@ -63,6 +75,10 @@ class Guard:
         # each config with its per-model preset filled in from the loaded model's family (methods/base.py)
         self.interventions = [item.for_family(self.adapter.family) for item in interventions]
         self.state = GuardState()
+        if not isinstance(paths, FastPaths):
+            raise InterventionConfigError(f"paths must be a lvlm_guard.FastPaths, got {type(paths).__name__}")
+        self.paths = paths  # which fast form of each edit serves (attention.FastPaths), fixed for this guard
+        self.kernel_health = KernelHealth()
         self.plan = InterventionPlan()
         for item in self.interventions:
             self.plan = self.plan.merge(item.plan(self.adapter.spec))
@@ -97,7 +113,9 @@ class Guard:
             for layer in range(spec.num_layers):
                 edits = self.plan.attention.get(layer, [])
                 head_edits = self.plan.head_outputs.get(layer, [])
-                layer_attention = LayerAttention(layer, edits, self.state, spec.num_heads, head_edits)
+                layer_attention = LayerAttention(
+                    layer, edits, self.state, spec.num_heads, head_edits, self.paths, self.kernel_health
+                )
                 setattr(self.adapter.attention(layer), LAYER_ATTR, layer_attention)
             # run eagerly: compiled, it is a frame of its own whose guards are checked on every
             # decoding step (~0.45 ms of host time in a CPU trial), for a hook that returns at once there
@@ -378,6 +396,10 @@ def _extends(input_ids: torch.Tensor, prompt_ids: torch.Tensor | None) -> bool:
     )
 
 
-def attach(model: nn.Module, processor, interventions: Sequence[Intervention] = ()) -> Guard:
-    """Attach `interventions` (composed in order) to `model` and return the guard."""
-    return Guard(model, processor, interventions).attach()
+def attach(
+    model: nn.Module, processor, interventions: Sequence[Intervention] = (), paths: FastPaths = DEFAULT_PATHS
+) -> Guard:
+    """Attach `interventions` (composed in order) to `model` and return the guard. `paths` chooses
+    the fast forms of the edits (`FastPaths`: fused decoding kernel, fused score_mods); the default
+    is what the benchmarks justify."""
+    return Guard(model, processor, interventions, paths).attach()

@@ -29,7 +29,7 @@ import transformers
 from transformers import LlavaConfig, LlavaForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
 
 import lvlm_guard as lg
-from lvlm_guard import attention, triton_launch
+from lvlm_guard import triton_launch
 from lvlm_guard.contrastive import ImageFreeContrast
 
 IMAGE_TOKENS = 576  # CLIP ViT-L/14 at 336 px, CLS dropped
@@ -126,32 +126,34 @@ DEFAULT_MODES = list(SPECIAL_MODES)
 
 
 def interventions_of(mode: str) -> list | None:
-    """The interventions a mode attaches (None: no guard at all); a suffix after `@`: `fused_setting`."""
+    """The interventions a mode attaches (None: no guard at all); a suffix after `@`: `paths_of`."""
     mode = mode.split("@")[0]
     if mode in SPECIAL_MODES:
         return SPECIAL_MODES[mode]
     return lg.parse_guard_spec(mode)
 
 
-@contextmanager
-def fused_setting(mode: str):
+def paths_of(mode: str) -> lg.FastPaths:
     """`<mode>@unfused`: the same guard with its edits as an SDPA bias (no FlexAttention);
-    `<mode>@kernel` / `<mode>@nokernel`: with / without the fused Triton decoding kernel
-    (`attention.DECODE_KERNEL` "auto" / "off"); `<mode>@jitlaunch`: the kernel launched through
-    Triton's own path every time (`triton_launch.ENABLED` off)."""
-    previous = attention.FUSED_SCORE_MODS, attention.DECODE_KERNEL, triton_launch.ENABLED
+    `<mode>@kernel` / `<mode>@nokernel`: with / without the fused Triton decoding kernel;
+    otherwise the defaults. (`<mode>@jitlaunch`, the kernel launched through Triton's own path every
+    time, is `jit_setting`.)"""
     if mode.endswith("@unfused"):
-        attention.FUSED_SCORE_MODS = "off"
-    elif mode.endswith("@kernel"):
-        attention.DECODE_KERNEL = "auto"
-    elif mode.endswith("@nokernel"):
-        attention.DECODE_KERNEL = "off"
-    elif mode.endswith("@jitlaunch"):
-        triton_launch.ENABLED = False
+        return lg.FastPaths(score_mods="off")
+    if mode.endswith("@nokernel"):
+        return lg.FastPaths(decode_kernel="off")
+    return lg.FastPaths()
+
+
+@contextmanager
+def jit_setting(mode: str):
+    """`<mode>@jitlaunch`: `triton_launch.ENABLED` off (a benchmark-only switch of the launcher)."""
+    previous = triton_launch.ENABLED
+    triton_launch.ENABLED = not mode.endswith("@jitlaunch")
     try:
         yield
     finally:
-        attention.FUSED_SCORE_MODS, attention.DECODE_KERNEL, triton_launch.ENABLED = previous
+        triton_launch.ENABLED = previous
 
 
 class StepClock(StoppingCriteria):
@@ -178,13 +180,13 @@ class StepClock(StoppingCriteria):
 
 def run_generate(model, inputs, mode, new_tokens, cache, clock: StepClock | None = None):
     """One timed generate; returns (seconds, peak bytes, generated ids)."""
-    with fused_setting(mode):
+    with jit_setting(mode):
         return _run_generate(model, inputs, mode, new_tokens, cache, clock)
 
 
 def _run_generate(model, inputs, mode, new_tokens, cache, clock) -> tuple[float, int, torch.Tensor]:
     interventions = interventions_of(mode)
-    guard = lg.attach(model, None, interventions) if interventions is not None else None
+    guard = lg.attach(model, None, interventions, paths=paths_of(mode)) if interventions is not None else None
     kwargs = {"cache_implementation": "static"} if cache == "static" else {}
     if clock is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([clock])
@@ -254,7 +256,7 @@ def step_statistics(clocks: dict[str, list[StepClock]], mode: str, batch: int, n
 
 def prefill_latency(model, inputs, mode, reps: int) -> list[float]:
     interventions = interventions_of(mode)
-    guard = lg.attach(model, None, interventions) if interventions is not None else None
+    guard = lg.attach(model, None, interventions, paths=paths_of(mode)) if interventions is not None else None
     times = []
     try:
         with torch.no_grad():

@@ -112,9 +112,8 @@ def fused_mode(request, monkeypatch):
 
     calls = []
     original = am.attend_with_score_mods
-    monkeypatch.setattr(attention, "FUSED_SCORE_MODS", request.param)
     monkeypatch.setattr(am, "attend_with_score_mods", lambda *a, **kw: calls.append(1) or original(*a, **kw))
-    yield SimpleNamespace(mode=request.param, calls=calls)
+    yield SimpleNamespace(mode=request.param, calls=calls, paths=attention.FastPaths(score_mods=request.param))
     assert bool(calls) == (request.param == "reference"), "the fused path was (not) taken"
 
 
@@ -125,7 +124,7 @@ def test_pai_decoding_step_with_static_cache_capacity(fused_mode):
     allowed[:, :, :, :12] = True
     state = GuardState(image_keys=image_keys[:, :12], prompt_ids=torch.zeros(B, 10, dtype=torch.long))
     edit = pai_edit(0.3)
-    out = run(LayerAttention(0, [edit], state, H), q, k, v, allowed)
+    out = run(LayerAttention(0, [edit], state, H, paths=fused_mode.paths), q, k, v, allowed)
     ref = reference(
         q,
         k,
@@ -139,7 +138,7 @@ def test_pai_decoding_step_with_static_cache_capacity(fused_mode):
 def test_pai_decoding_step_without_mask_uses_every_key(fused_mode):
     q, k, v, image_keys = random_case(1, 11)
     state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 10, dtype=torch.long))
-    out = run(LayerAttention(0, [pai_edit(0.5)], state, H), q, k, v, None)
+    out = run(LayerAttention(0, [pai_edit(0.5)], state, H, paths=fused_mode.paths), q, k, v, None)
     allowed = torch.ones(B, 1, 1, 11, dtype=torch.bool)
     ref = reference(q, k, v, allowed, pai_bias(0.5, image_keys, [0], list(range(H))))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
@@ -152,7 +151,7 @@ def test_fused_decoding_step_with_left_padding(fused_mode, kv_heads):
     allowed = torch.ones(B, 1, 1, 13, dtype=torch.bool)
     allowed[1, :, :, :4] = False
     state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 10, dtype=torch.long))
-    out = run(LayerAttention(0, [pai_edit(0.8)], state, H), q, k, v, allowed)
+    out = run(LayerAttention(0, [pai_edit(0.8)], state, H, paths=fused_mode.paths), q, k, v, allowed)
     ref = reference(q, k, v, allowed, pai_bias(0.8, image_keys, [0], list(range(H))))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
@@ -161,12 +160,11 @@ def test_fused_path_is_skipped_for_a_head_subset(monkeypatch):
     """A score_mod on some heads only runs as the equivalent bias (still exact)."""
     import lvlm_guard.attention as attention
 
-    monkeypatch.setattr(attention, "FUSED_SCORE_MODS", "reference")
     monkeypatch.setattr(attention.am, "attend_with_score_mods", None)  # would raise if called
     q, k, v, image_keys = random_case(1, 9)
     state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, 8, dtype=torch.long))
     edit = AttentionEdit(heads=(0, 2), score_mod=pai_edit(0.5).score_mod)
-    out = run(LayerAttention(0, [edit], state, H), q, k, v, None)
+    out = run(LayerAttention(0, [edit], state, H, paths=attention.FastPaths(score_mods="reference")), q, k, v, None)
     allowed = torch.ones(B, 1, 1, 9, dtype=torch.bool)
     ref = reference(q, k, v, allowed, pai_bias(0.5, image_keys, [0], [0, 2]))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)

@@ -184,8 +184,6 @@ def test_bf16_inputs_stay_close_to_the_reference():
 def test_guarded_generation_with_the_kernel_equals_the_bias_path(method, monkeypatch):
     model, processor = tiny_llava()
     guard_method = lg.PAI(alpha=0.8, gamma=None) if method == "pai" else _sinky_var(model)
-    guard = lg.attach(model, processor, [guard_method])
-    inputs = guard.prepare(IMAGES, PROMPTS)
     calls = []
     kernel_call = decode_kernel.decode_attention
 
@@ -194,17 +192,20 @@ def test_guarded_generation_with_the_kernel_equals_the_bias_path(method, monkeyp
         return kernel_call(query, *args, **kwargs)
 
     def generate(setting: str):
-        monkeypatch.setattr(attention, "DECODE_KERNEL", setting)
-        with torch.no_grad():
-            return model.generate(
-                **inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
-            )
+        guard = lg.attach(model, processor, [guard_method], paths=lg.FastPaths(decode_kernel=setting))
+        try:
+            inputs = guard.prepare(IMAGES, PROMPTS)
+            with torch.no_grad():
+                return guard, model.generate(
+                    **inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
+                )
+        finally:
+            guard.detach()
 
-    base = generate("off")
+    _, base = generate("off")
     assert not calls
     monkeypatch.setattr(attention.dk, "decode_attention", counted)
-    fused = generate("on")
-    guard.detach()
+    guard, fused = generate("on")
     layers = len(guard_method.layers(guard.adapter.spec))
     assert calls.count(1) >= 5 * layers  # every decoding step, every layer
     assert len(calls) == 6 * layers  # and the prefill
@@ -222,12 +223,12 @@ def test_guarded_generation_with_the_kernel_equals_the_bias_path(method, monkeyp
 def test_static_cache_generation_with_the_kernel_equals_the_bias_path(method, monkeypatch):
     """A static cache hands the kernel cache-wide keys and 4-D masks, at prefill and while decoding."""
     model, processor = tiny_llava()
-    guard = lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None) if method == "pai" else _sinky_var(model)])
     runs = {}
     for setting in ("off", "on"):
-        monkeypatch.setattr(attention, "DECODE_KERNEL", setting)
+        method_config = lg.PAI(alpha=0.8, gamma=None) if method == "pai" else _sinky_var(model)
+        guard = lg.attach(model, processor, [method_config], paths=lg.FastPaths(decode_kernel=setting))
         runs[setting] = guard.generate(IMAGES, PROMPTS, max_new_tokens=5, cache_implementation="static")
-    guard.detach()
+        guard.detach()
     assert runs["on"].token_ids == runs["off"].token_ids
 
 
@@ -295,14 +296,13 @@ def test_prefill_rows_at_llava_7b_head_shapes(mode):
 
 def test_gradients_flow_through_the_bias_path_not_the_kernel(monkeypatch):
     """The kernel has no backward: a query that needs gradients takes the autograd path."""
-    monkeypatch.setattr(attention, "DECODE_KERNEL", "on")
     calls = []
     kernel_call = decode_kernel.decode_attention
     monkeypatch.setattr(attention.dk, "decode_attention", lambda *a, **kw: calls.append(1) or kernel_call(*a, **kw))
     q, k, v, allowed, image, _ = _inputs(6)
     state = GuardState()
     state.set_image_keys(image)
-    layer = LayerAttention(0, [pai_edit(0.5)], state, H)
+    layer = LayerAttention(0, [pai_edit(0.5)], state, H, paths=attention.FastPaths(decode_kernel="on"))
     plain = run(layer, q, k, v, allowed)
     assert len(calls) == 1 and plain.grad_fn is None
     q = q.clone().requires_grad_()
@@ -326,20 +326,21 @@ def test_a_failing_kernel_in_auto_mode_warns_once_and_the_bias_path_serves(monke
         raise RuntimeError("no kernel for this GPU")
 
     monkeypatch.setattr(attention.dk, "decode_attention", broken)
-    monkeypatch.setattr(attention, "DECODE_KERNEL", "auto")
-    monkeypatch.setattr(attention, "_KERNEL_FAILED", False)
     monkeypatch.setattr(attention.dk, "supports", lambda query, key: True)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # "auto" tries CUDA tensors only
     with pytest.warns(RuntimeWarning, match="no kernel for this GPU"):
         fallback = guard.generate(IMAGES, PROMPTS, max_new_tokens=4)
     monkeypatch.undo()
     guard.detach()
-    assert attempts == [1]  # tried once, then left alone
-    assert fallback.token_ids == base.token_ids
-    with pytest.raises(RuntimeError, match="no kernel"):  # "on" raises
-        monkeypatch.setattr(attention.dk, "decode_attention", broken)
-        monkeypatch.setattr(attention, "DECODE_KERNEL", "on")
-        lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None)]).generate(IMAGES, PROMPTS, max_new_tokens=2)
+    assert attempts == [1]  # tried once, then left alone by this guard
+    assert fallback.token_ids == base.token_ids and guard.kernel_health.failed
+    monkeypatch.setattr(attention.dk, "decode_attention", broken)
+    on = lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None)], paths=lg.FastPaths(decode_kernel="on"))
+    try:
+        with pytest.raises(RuntimeError, match="no kernel"):  # "on" raises
+            on.generate(IMAGES, PROMPTS, max_new_tokens=2)
+    finally:
+        on.detach()
 
 
 @pytest.mark.gpu

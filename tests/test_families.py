@@ -14,9 +14,12 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 
 import lvlm_guard as lg
 from lvlm_guard import attention
+from lvlm_guard.models.gemma3 import Gemma3Adapter
 from lvlm_guard.models.idefics3 import Idefics3Adapter
+from lvlm_guard.models.internvl import InternVLAdapter
 from lvlm_guard.models.llava import LlavaAdapter
 from lvlm_guard.models.llava_next import LlavaNextAdapter
+from lvlm_guard.models.llava_onevision import LlavaOnevisionAdapter
 from lvlm_guard.models.qwen2_vl import Qwen2VLAdapter
 
 ADAPTERS = {
@@ -26,6 +29,9 @@ ADAPTERS = {
     "qwen2_5_vl": Qwen2VLAdapter,
     "idefics3": Idefics3Adapter,
     "smolvlm": Idefics3Adapter,
+    "llava_onevision": LlavaOnevisionAdapter,
+    "gemma3": Gemma3Adapter,
+    "internvl": InternVLAdapter,
 }
 
 
@@ -104,6 +110,15 @@ CHAT_PROMPTS = {  # "what is <image> this ?" with two images: one placed by the 
     "smolvlm": "<|im_start|>User:<image>what is <image> this ?<end_of_utterance>\nAssistant:",
 }
 CHAT_PROMPTS["qwen2_5_vl"] = CHAT_PROMPTS["qwen2_vl"]
+CHAT_PROMPTS["llava_onevision"] = (
+    "<|im_start|>user\n<image>\nwhat is <image>\n this ?<|im_end|>\n<|im_start|>assistant\n"
+)
+CHAT_PROMPTS["gemma3"] = (
+    "<bos><start_of_turn>user\n<start_of_image>what is <start_of_image> this ?<end_of_turn>\n<start_of_turn>model\n"
+)
+CHAT_PROMPTS["internvl"] = (
+    "<|im_start|>user\n<IMG_CONTEXT>\nwhat is <IMG_CONTEXT>\n this ?<|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 def test_chat_prompt_renders_the_family_template(family):
@@ -126,12 +141,18 @@ def image_layout(name: str, processor, size) -> list[tuple[int, bool]]:
     if name == "llava":
         (img,) = _tokens(processor, "<image>")
         return [(img, True)] * size
-    if name == "llava_next":
+    if name in ("llava_next", "llava_onevision"):
         img, newline = _tokens(processor, "<image>", "\n")
         return [(img, True)] * size + [(newline, False)]
     if name in ("qwen2_vl", "qwen2_5_vl"):
         start, pad, end = _tokens(processor, "<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
         return [(start, False)] + [(pad, True)] * size + [(end, False)]
+    if name == "gemma3":
+        boi, soft, eoi = _tokens(processor, "<start_of_image>", "<image_soft_token>", "<end_of_image>")
+        return [(boi, False)] + [(soft, True)] * size + [(eoi, False)]
+    if name == "internvl":
+        start, context, end = _tokens(processor, "<img>", "<IMG_CONTEXT>", "</img>")
+        return [(start, False)] + [(context, True)] * size + [(end, False)]
     fake, img, glob, newline = _tokens(processor, "<fake_token_around_image>", "<image>", "<global-img>", "\n")
     rows, cols = size
     out: list[tuple[int, bool]] = []
@@ -153,6 +174,9 @@ HAND_BUILT_SIZES = {
     "qwen2_5_vl": ([4], [6, 9, 12]),
     "idefics3": ([(0, 0)], [(2, 2), (1, 2), (2, 1)]),
     "smolvlm": ([(0, 0)], [(2, 2), (1, 2), (2, 1)]),
+    "llava_onevision": ([20], [7, 33, 12]),
+    "gemma3": ([4], [4, 4, 4]),
+    "internvl": ([4], [8, 12, 20]),
 }
 
 
@@ -312,16 +336,15 @@ def test_the_fused_kernel_equals_the_bias_path(family, monkeypatch):
     calls = []
     kernel_call = attention.dk.decode_attention
     monkeypatch.setattr(attention.dk, "decode_attention", lambda *a, **kw: calls.append(1) or kernel_call(*a, **kw))
-    guard = lg.attach(model, processor, [lg.PAI(alpha=0.5, gamma=None)])
-    try:
-        inputs = guard.prepare(IMAGES, PROMPTS)
-        monkeypatch.setattr(attention, "DECODE_KERNEL", "off")
-        base = greedy(model, inputs)
-        assert not calls
-        monkeypatch.setattr(attention, "DECODE_KERNEL", "on")
-        fused = greedy(model, inputs)
-    finally:
-        guard.detach()
+    runs = {}
+    for setting in ("off", "on"):
+        guard = lg.attach(model, processor, [lg.PAI(alpha=0.5, gamma=None)], paths=lg.FastPaths(decode_kernel=setting))
+        try:
+            runs[setting] = greedy(model, guard.prepare(IMAGES, PROMPTS))
+            assert setting == "on" or not calls
+        finally:
+            guard.detach()
+    base, fused = runs["off"], runs["on"]
     assert len(calls) == STEPS * len(lg.PAI().layers(guard.adapter.spec))  # prefill + every step, every layer
     assert torch.equal(fused.sequences, base.sequences)
     for a, b in zip(fused.logits, base.logits):

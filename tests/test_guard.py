@@ -156,13 +156,10 @@ def test_hidden_state_edit_adds_exactly_one():
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("fused", ["off", "reference"])
-def test_cached_generation_equals_full_recomputation_without_cache(fused, monkeypatch):
+def test_cached_generation_equals_full_recomputation_without_cache(fused):
     """Decoding steps (SDPA with a bias, or the fused FlexAttention kernel) vs recomputed rows."""
-    import lvlm_guard.attention
-
-    monkeypatch.setattr(lvlm_guard.attention, "FUSED_SCORE_MODS", fused)
     model, processor = tiny_llava()
-    guard = lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None)])
+    guard = lg.attach(model, processor, [lg.PAI(alpha=0.8, gamma=None)], paths=lg.FastPaths(score_mods=fused))
     inputs = guard.prepare(IMAGES, PROMPTS)
     steps = 5
     with torch.no_grad():

@@ -218,12 +218,9 @@ def test_no_informed_tokens_equals_plain(llava):
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("fused", ["off", "reference"])
-def test_generation_batch_equals_one_by_one_and_decoding_paths_agree(llava, fused, monkeypatch):
-    import lvlm_guard.attention
-
-    monkeypatch.setattr(lvlm_guard.attention, "FUSED_SCORE_MODS", fused)
+def test_generation_batch_equals_one_by_one_and_decoding_paths_agree(llava, fused):
     model, processor = llava
-    guard = lg.attach(model, processor, [lg.PAINT(alpha=2.0, beta=1.0)])
+    guard = lg.attach(model, processor, [lg.PAINT(alpha=2.0, beta=1.0)], paths=lg.FastPaths(score_mods=fused))
     try:
         batch = guard.generate(IMAGES, PROMPTS, max_new_tokens=4)
         single = [guard.generate([img], [p], max_new_tokens=4) for img, p in zip(IMAGES, PROMPTS)]
