@@ -51,6 +51,10 @@ SUMMARIES = {
     ' Kang et al., ICLR 2025, "See What You Are Told".',
     "vhr": "Scales up the heads whose output changes most when the image is removed (vision-aware head"
     ' divergence). He et al., ACL 2025, "Cracking the Code of Hallucination in LVLMs".',
+    "vcd": "Contrasts each next token's logits on the real image with those on a diffusion-noised copy,"
+    " (1 + alpha) l - alpha l_noised, within a plausibility cut. Leng et al., CVPR 2024.",
+    "dola": "Contrasts the final layer's next-token scores with an early layer's (chosen by"
+    " Jensen-Shannon divergence), favouring what the later layers add. Chuang et al., ICLR 2024.",
     "exit": "Speed method, not a hallucination guard: the image tokens leave the sequence after a decoder"
     " layer (fixed, or DyVTE's learned router), trading some quality for time. Wu et al., DyVTE.",
 }
