@@ -121,6 +121,7 @@ SPECIAL_MODES = {
     "guard_off": [],  # a guard attached with nothing enabled
     "pai": [lg.PAI(gamma=None)],  # attention amplification only
     "pai_cfg": [lg.PAI()],  # plus the image-free contrastive branch
+    "vcd": [lg.VCD()],  # the noised-image branch as extra batch rows (dynamic cache; static is refused, skipped)
 }
 DEFAULT_MODES = list(SPECIAL_MODES)
 
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         "--modes",
         nargs="+",
         default=DEFAULT_MODES,
-        help="plain, guard_off, pai, pai_cfg or guard specs (space-separated)",
+        help="plain, guard_off, pai, pai_cfg, vcd or guard specs (space-separated)",
     )
     parser.add_argument("--prefill-modes", nargs="+", default=["plain", "guard_off", "pai"])
     parser.add_argument("--new-tokens", type=int, default=256)

@@ -14,6 +14,7 @@ from tiny_families import FAMILIES
 import lvlm_guard as lg
 from lvlm_guard.errors import InterventionConfigError, InvalidSettingError
 from lvlm_guard.methods.vcd import VCD, add_diffusion_noise, contrast_logits
+from lvlm_guard.methods.vcd.branch import NoisedBranch
 from lvlm_guard.methods.vcd.noise import picture_noise, q_sample
 
 STEPS = 4
@@ -93,10 +94,19 @@ def family(request):
     return FAMILIES[request.param]()
 
 
+@pytest.mark.parametrize("pre_encoded", [True, False], ids=["features", "pixels"])
 @torch.no_grad()
-def test_one_forward_equals_the_contrast_of_two_separate_forwards(family):
-    """The doubled batch (clean rows, then noised rows) gives what two separate forwards give."""
+def test_one_forward_equals_the_contrast_of_two_separate_forwards(family, pre_encoded, monkeypatch):
+    """The doubled batch (clean rows, then noised rows) gives what two separate forwards give, with
+    the images entering as pre-encoded features (transformers 5.25) or as doubled pixels (5.17)."""
     model, processor = family
+    install = NoisedBranch.install
+
+    def install_as(self):
+        install(self)
+        self.pre_encoded = pre_encoded
+
+    monkeypatch.setattr(NoisedBranch, "install", install_as)
     guard = lg.attach(model, processor, [VCD(alpha=1.0)])
     try:
         inputs = guard.prepare(IMAGES, PROMPTS)

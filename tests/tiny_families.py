@@ -13,14 +13,26 @@ import torch
 from tiny_models import WORDS, text_config, tiny_llava
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3ImageProcessorPil,
+    Gemma3Processor,
+    GotOcr2ImageProcessorPil,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3ImageProcessorPil,
     Idefics3Processor,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLProcessor,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
+    LlavaOnevisionProcessor,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -271,6 +283,152 @@ def tiny_idefics3(
     return model, processor
 
 
+# llava-hf/llava-onevision-qwen2-0.5b-ov-hf chat_template.json (text and images, no video), Qwen2 style
+ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# google/gemma-3-4b-it chat_template.json (no system turn): each image as <start_of_image>
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>{{ 'model' if message['role'] == 'assistant'"
+    " else message['role'] }}\n{% for item in message['content'] %}{% if item['type'] == 'image' %}"
+    "<start_of_image>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+# OpenGVLab/InternVL3-1B-hf chat_template.jinja (no system turn): each image as <IMG_CONTEXT>
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+QWEN_CHAT_WORDS = ("system", "user", "assistant", "model", "You", "are", "helpful")
+
+
+def tiny_llava_onevision(seed: int = 0, *, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+    """A random LlavaOnevisionForConditionalGeneration (SigLIP tower, Qwen2 decoder) + its processor.
+
+    16x16 tiles of 4x4 patches, grid pinpoints up to 32x32 (as `tiny_llava_next`): 16 base tokens
+    plus the unpadded grid with one image_newline per row.
+    """
+    tokenizer = family_tokenizer(
+        ("<image>", "<video>", "<|im_start|>", "<|im_end|>"),
+        QWEN_CHAT_WORDS,
+        pad="<|endoftext|>",
+        eos="<|im_end|>",
+        named={"image_token": "<image>", "video_token": "<video>"},
+    )
+    pinpoints = [[16, 32], [32, 16], [32, 32]]
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", **VISION),
+        text_config=dict(model_type="qwen2", **_text_config(tokenizer)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    model = _finish(LlavaOnevisionForConditionalGeneration(config), tokenizer, attn_implementation, dtype)
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": 16, "width": 16}, crop_size={"height": 16, "width": 16}, image_grid_pinpoints=pinpoints
+    )
+    processor = _without_video(LlavaOnevisionProcessor)(
+        image_processor,
+        tokenizer,
+        chat_template=ONEVISION_CHAT_TEMPLATE,
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+    )
+    return model, processor
+
+
+def tiny_gemma3(seed: int = 0, *, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+    """A random Gemma3ForConditionalGeneration + Gemma3Processor.
+
+    16x16 images of 4x4 SigLIP patches, average-pooled 2x2: 4 <image_soft_token> per image.
+    """
+    specials = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
+    tokenizer = family_tokenizer(
+        specials,
+        QWEN_CHAT_WORDS,
+        pad="<pad>",
+        eos="<eos>",
+        bos="<bos>",
+        named={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Gemma3Config(
+        vision_config=dict(model_type="siglip_vision_model", **VISION),
+        # two sliding-window layers, then global ones (real: 5 sliding, 1 global): a window of 8 hides the
+        # image from the last row in layers 0-1, where no guard edits by default
+        text_config=_text_config(
+            tokenizer,
+            head_dim=8,
+            query_pre_attn_scalar=8,
+            sliding_window=8,
+            layer_types=["sliding_attention"] * 2 + ["full_attention"] * (LAYERS - 2),
+        ),
+        mm_tokens_per_image=4,
+        image_token_index=ids("<image_soft_token>"),
+        boi_token_index=ids("<start_of_image>"),
+        eoi_token_index=ids("<end_of_image>"),
+    )
+    torch.manual_seed(seed)
+    model = _finish(Gemma3ForConditionalGeneration(config), tokenizer, attn_implementation, dtype)
+    image_processor = Gemma3ImageProcessorPil(size={"height": 16, "width": 16})
+    processor = Gemma3Processor(image_processor, tokenizer, chat_template=GEMMA3_CHAT_TEMPLATE, image_seq_length=4)
+    return model, processor
+
+
+def tiny_internvl(seed: int = 0, *, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+    """A random InternVLForConditionalGeneration (Qwen2 decoder) + InternVLProcessor.
+
+    16x16 tiles of 4x4 patches, pixel-shuffled by 0.5: 4 <IMG_CONTEXT> tokens per tile; an image
+    becomes up to 4 tiles plus a thumbnail, depending on its aspect ratio.
+    """
+    tokenizer = family_tokenizer(
+        ("<img>", "</img>", "<IMG_CONTEXT>", "<video>", "<|im_start|>", "<|im_end|>"),
+        QWEN_CHAT_WORDS,
+        pad="<|endoftext|>",
+        eos="<|im_end|>",
+        named={
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+    )
+    config = InternVLConfig(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=[16, 16],
+            patch_size=[4, 4],
+        ),  # fmt: skip
+        text_config=dict(model_type="qwen2", **_text_config(tokenizer)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=4,
+        downsample_ratio=0.5,
+    )
+    torch.manual_seed(seed)
+    model = _finish(InternVLForConditionalGeneration(config), tokenizer, attn_implementation, dtype)
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": 16, "width": 16}, crop_to_patches=True, min_patches=1, max_patches=4
+    )
+    processor = _without_video(InternVLProcessor)(
+        image_processor, tokenizer, chat_template=INTERNVL_CHAT_TEMPLATE, image_seq_length=4
+    )
+    return model, processor
+
+
 #: family name -> builder of (model, processor); the adapter of each is found by class name
 FAMILIES = {
     "llava": tiny_llava,
@@ -279,4 +437,7 @@ FAMILIES = {
     "qwen2_5_vl": lambda **kw: tiny_qwen2_vl(version="2.5", **kw),
     "idefics3": tiny_idefics3,
     "smolvlm": lambda **kw: tiny_idefics3(smolvlm=True, **kw),
+    "llava_onevision": tiny_llava_onevision,
+    "gemma3": tiny_gemma3,
+    "internvl": tiny_internvl,
 }

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from lvlm_guard.models import (
+    gemma3,  # noqa: F401  (registers itself)
     idefics3,  # noqa: F401  (registers itself)
+    internvl,  # noqa: F401  (registers itself)
     llava,  # noqa: F401  (registers itself)
     llava_next,  # noqa: F401  (registers itself)
+    llava_onevision,  # noqa: F401  (registers itself)
     qwen2_vl,  # noqa: F401  (registers itself)
 )
 from lvlm_guard.models.base import ImageSpan, ModelAdapter, ModelSpec

@@ -51,6 +51,9 @@ class NoisedBranch:
         model = self.guard.model
         base = model.base_model
         self.encode = base.get_image_features  # the class's bound method
+        # transformers >= 5.2x forwards take pre-encoded image features (`mm_encoder_outputs`); older 5.x
+        # ones (5.17 on the GPU machine) only pixels, which then go in doubled: clean, then noised
+        self.pre_encoded = "mm_encoder_outputs" in inspect.signature(model.forward).parameters
         self.signature = inspect.signature(self.encode)
         self.encoder_arguments = frozenset(self.signature.parameters) - {"kwargs"}
         self.guard.own_hook(model.register_forward_pre_hook(torch.compiler.disable(self.before), with_kwargs=True))
@@ -125,12 +128,20 @@ class NoisedBranch:
         elif rows != 2 * batch:
             return args, kwargs
         self.doubled = True
-        if kwargs.get("pixel_values") is not None:  # a plain forward: encode both branches here
+        if kwargs.get("pixel_values") is not None and not self.pre_encoded:
+            pixels = kwargs["pixel_values"]
+            kwargs = {
+                **kwargs,
+                "pixel_values": torch.cat([pixels, add_diffusion_noise(pixels, self.noise_step, self.seed)]),
+            }
+        elif kwargs.get("pixel_values") is not None:  # a plain forward: encode both branches here
             encoder_kwargs = {k: v for k, v in kwargs.items() if k in self.encoder_arguments}
             images = self.both_branches(**encoder_kwargs)
             kwargs = {k: v for k, v in kwargs.items() if k != "pixel_values"}
             kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "image": images}
-        return args, {name: self._doubled(name, value) for name, value in kwargs.items()}
+        return args, {
+            name: value if name == "pixel_values" else self._doubled(name, value) for name, value in kwargs.items()
+        }
 
     def _doubled(self, name: str, value):
         if name in _NOT_BATCHED or not isinstance(value, torch.Tensor) or value.ndim == 0:
