@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from lvlm_guard.models.base import ModelAdapter
+from lvlm_guard.models.idefics3 import Idefics3Adapter
 from lvlm_guard.models.registry import register_adapter
 
 
@@ -34,15 +35,5 @@ class Gemma3Adapter(ModelAdapter):
     def tokens_per_image(self, input_ids: torch.Tensor) -> int | None:
         return int(self.model.config.mm_tokens_per_image)
 
-    def processor_inputs(self, processor, images: list[list], texts: list[str]):
-        """The Gemma 3 processor takes one list of images per prompt; the rendered template already
-        starts with `<bos>`, so the tokenizer adds no special tokens (apply_chat_template's rule)."""
-        bos = processor.tokenizer.bos_token
-        add_special_tokens = not (bos and texts and texts[0].startswith(bos))
-        return processor(
-            images=images if any(images) else None,
-            text=texts,
-            padding=True,
-            add_special_tokens=add_special_tokens,
-            return_tensors="pt",
-        )
+    # one list of images per prompt, no special tokens where the template starts with BOS: as Idefics3
+    processor_inputs = Idefics3Adapter.processor_inputs
