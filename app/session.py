@@ -31,6 +31,7 @@ from functools import cache
 import lvlm_guard as lg
 from lvlm_guard.methods.base import method_class
 from lvlm_guard.methods.settings import FieldType, describe_setting, field_types, parse_setting
+from lvlm_guard import vlsam
 from lvlm_guard.threads import configure_threads
 
 DEFAULT_MODEL = "tiny-coco"
@@ -330,17 +331,14 @@ def word_heatmap(
     with guarded(model, processor, spec, on_wait) as guard:
         context = nullcontext() if guarded_run else guard.disabled()
         with context:
-            return guard.attention_maps(image, answer, [word], prompt=prompt)[word]
+            return vlsam.attention_maps(guard, image, answer, [word], prompt=prompt)[word]
 
 
 def locate_word(model, processor, spec: str, image, word: str, guarded_run: bool = False, on_wait=None):
-    """VL-SAM's map, peak point and box for `word` on the unguarded or the guarded model
-    (None when this lvlm_guard has no VL-SAM)."""
+    """VL-SAM's map, peak point and box for `word` on the unguarded or the guarded model."""
     with guarded(model, processor, spec, on_wait) as guard:
-        if not hasattr(guard, "locate"):
-            return None
         with nullcontext() if guarded_run else guard.disabled():
-            return guard.locate(image, word)
+            return vlsam.locate(guard, image, word)
 
 
 def load_sam_runner(name_or_path: str) -> lg.SamRunner:
@@ -354,11 +352,11 @@ def segment_word(
     """VL-SAM for `word` on the unguarded or guarded model: the map, its point prompts and SAM's mask."""
     with guarded(model, processor, spec, on_wait) as guard:
         with nullcontext() if guarded_run else guard.disabled():
-            return guard.segment(image, word, sam=sam)[0]
+            return vlsam.segment(guard, image, sam, word)[0]
 
 
 def has_vlsam() -> bool:
-    return hasattr(lg.Guard, "segment")
+    return hasattr(vlsam, "segment")
 
 
 def guard_spec_check(spec: str) -> None:

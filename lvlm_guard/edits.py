@@ -175,15 +175,18 @@ class HiddenStateEdit:
 
 @dataclass(frozen=True)
 class TokenExit:
-    """Image tokens leave the sequence after decoder layer `layer` (DyVTE; `lvlm_guard.token_exit_hooks`).
+    """Image tokens leave the sequence after decoder layer `layer` (DyVTE).
 
     Unlike a `HiddenStateEdit` it changes the sequence length: later layers, their KV cache and
     the final norm/lm_head see the text tokens only. With `decide` (and `layer` None) the exit
     layer is found at prefill: `decide(layer, hidden[b, q, D], image_tokens[b, q], mask) -> bool`.
+    `hooks(layer, adapter, state, decide)` builds the object whose `install(model)` returns the
+    hook handles (the method's own mechanics: `lvlm_guard.methods.token_exit.hooks`).
     """
 
     layer: int | None
     decide: Callable[..., bool] | None = None
+    hooks: Callable[..., object] | None = None
 
 
 @dataclass

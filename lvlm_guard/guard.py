@@ -122,11 +122,9 @@ class Guard:
             on_forward = torch.compiler.disable(self._on_model_forward)
             self._handles.append(self.model.register_forward_pre_hook(on_forward, with_kwargs=True))
             self._handles.extend(self._add_hidden_state_hooks(prefill_only=False))
-            if self.plan.token_exit is not None:
-                from lvlm_guard.token_exit_hooks import TokenExitHooks
-
+            if self.plan.token_exit is not None:  # the method brings its hooks (the engine knows only TokenExit)
                 token_exit = self.plan.token_exit
-                exit_hooks = TokenExitHooks(token_exit.layer, self.adapter, self.state, token_exit.decide)
+                exit_hooks = token_exit.hooks(token_exit.layer, self.adapter, self.state, token_exit.decide)
                 self._handles.extend(exit_hooks.install(self.model))
         except BaseException:
             self._remove_hooks()
@@ -357,25 +355,6 @@ class Guard:
         token_ids = [[t for t in row if t not in special] for row in new_tokens.tolist()]
         texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         return GenerationOutput(texts=texts, token_ids=token_ids, taps=recorded)
-
-    # --- VL-SAM (lvlm_guard.vlsam) ----------------------------------------------------------------
-    def locate(self, image, word: str, **kwargs):
-        """Attention map, peak and box of `word` in `image` (see `lvlm_guard.vlsam.locate`)."""
-        from lvlm_guard.vlsam import locate
-
-        return locate(self, image, word, **kwargs)
-
-    def segment(self, image, word: str | None = None, *, sam, **kwargs):
-        """SAM masks prompted by the attention map; word None lists objects first (open-ended)."""
-        from lvlm_guard.vlsam import segment
-
-        return segment(self, image, sam, word, **kwargs)
-
-    def attention_maps(self, image, answer: str, words: Sequence[str], **kwargs):
-        """`{word: [H, W] map}` for words of a generated `answer` (heatmaps for any generation)."""
-        from lvlm_guard.vlsam import attention_maps
-
-        return attention_maps(self, image, answer, list(words), **kwargs)
 
     def _taps_context(self, taps: Taps | bool | None):
         if taps is None or taps is False:

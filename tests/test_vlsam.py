@@ -9,6 +9,7 @@ from PIL import Image
 from tiny_models import tiny_llava
 
 import lvlm_guard as lg
+from lvlm_guard import vlsam
 from lvlm_guard.errors import InputMismatchError, InterventionConfigError
 from lvlm_guard.vlsam import (
     FlowConfig,
@@ -222,26 +223,26 @@ def test_locate_on_tiny_llava_gives_map_of_image_size():
     model, processor = tiny_llava()
     guard = lg.attach(model, processor, [])
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (36, 44, 3), dtype=np.uint8))
-    found = guard.locate(img, "dog")
+    found = vlsam.locate(guard, img, "dog")
     assert found.heatmap.shape == (36, 44)
     assert float(found.heatmap.min()) == 0.0 and float(found.heatmap.max()) == 1.0
     x, y = found.point
     assert found.heatmap[y, x] == 1.0
-    maps = guard.attention_maps(img, "a dog and a cat", ["dog", "cat"])
+    maps = vlsam.attention_maps(guard, img, "a dog and a cat", ["dog", "cat"])
     assert set(maps) == {"dog", "cat"} and not torch.equal(maps["dog"], maps["cat"])
     assert guard.state.taps is None  # nothing left recording
     # several flows from one forward == one forward per flow
     flows = [FlowConfig(), FlowConfig(combine="rollout", renormalize=True, image_only=True, start_layer=1)]
     both = attention_maps_for_flows(guard, img, "a dog and a cat", ["dog"], flows)
     for cfg, maps in zip(flows, both):
-        torch.testing.assert_close(maps["dog"], guard.attention_maps(img, "a dog and a cat", ["dog"], flow=cfg)["dog"])
+        torch.testing.assert_close(maps["dog"], vlsam.attention_maps(guard, img, "a dog and a cat", ["dog"], flow=cfg)["dog"])
     with pytest.raises(InterventionConfigError):
-        guard.locate(img, "dog", flow=FlowConfig(start_layer=99))
+        vlsam.locate(guard, img, "dog", flow=FlowConfig(start_layer=99))
     model2, processor2 = tiny_sam()
-    seg = guard.segment(img, "dog", sam=SamRunner(model2, processor2))
+    seg = vlsam.segment(guard, img, SamRunner(model2, processor2), "dog")
     assert seg[0].segmentation.mask.shape == (36, 44)
     with pytest.raises(InputMismatchError):
-        guard.attention_maps(img, "a cat", ["dog"])
+        vlsam.attention_maps(guard, img, "a cat", ["dog"])
     guard.detach()
 
 

@@ -26,6 +26,7 @@ from lvlm_guard.exit_router import ExitRouter, after_image_mask, router_features
 from lvlm_guard.methods.base import Intervention, register_method
 from lvlm_guard.methods.settings import LAYER, UNIT
 from lvlm_guard.models.base import ModelSpec
+from lvlm_guard.token_exit_hooks import TokenExitHooks
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -66,10 +67,12 @@ class VisualTokenExit(Intervention):
                 raise InterventionConfigError(
                     f"exit: router {self.router!r} has {router.num_layers} layers, the model {spec.num_layers}"
                 )
-            return InterventionPlan(token_exit=TokenExit(None, partial(router_decision, router, self.threshold)))
+            return InterventionPlan(
+                token_exit=TokenExit(None, partial(router_decision, router, self.threshold), TokenExitHooks)
+            )
         layer = spec.num_layers // 2 if self.layer is None else self.layer
         if not 0 <= layer < spec.num_layers:
             raise InterventionConfigError(
                 f"exit: layer {layer} does not exist; the model has layers 0..{spec.num_layers - 1}"
             )
-        return InterventionPlan(token_exit=TokenExit(layer))
+        return InterventionPlan(token_exit=TokenExit(layer, hooks=TokenExitHooks))
