@@ -26,6 +26,7 @@ import lzma
 import math
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import threading
 import time
@@ -85,7 +86,7 @@ class SequenceWriter:
     def _refill(self) -> None:
         total = self.counts["world"] + self.counts["english"]
         if self.english is not None and self.counts["english"] < self.english_share * (total + 1):
-            length = int(self.rng.integers(128, 1024))
+            length = min(int(self.rng.integers(128, 1024)), self.english.size - 1)
             start = int(self.rng.integers(0, self.english.size - length))
             chunk = self.english[start : start + length].tolist()
             self.stream += chunk + [self.eos]
@@ -108,7 +109,11 @@ def _worker(wid, args_dict, shm_name, shape, free_q, ready_q):
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     english = load_english(args_dict["english"]) if args_dict["english"] else None
     writer = SequenceWriter(
-        args_dict["tokenizer"], args_dict["seed"] * 1000 + wid, args_dict["seq_len"], english, args_dict["english_share"],
+        args_dict["tokenizer"],
+        args_dict["seed"] * 1000 + wid,
+        args_dict["seq_len"],
+        english,
+        args_dict["english_share"],
         args_dict["scene_reuse"],
     )
     shm = shared_memory.SharedMemory(name=shm_name)
@@ -157,7 +162,13 @@ class DataPipe:
             w = self.turn % self.workers
             self.turn += 1
             t = time.perf_counter()
-            slot, world, english = self.ready[w].get()
+            while True:
+                try:
+                    slot, world, english = self.ready[w].get(timeout=10)
+                    break
+                except queue.Empty:
+                    if not self.procs[w].is_alive():  # a dead worker would otherwise hang the trainer
+                        raise RuntimeError(f"data worker {w} died (exit code {self.procs[w].exitcode})") from None
             self.wait_s += time.perf_counter() - t
             self.counts[w] = (world, english)
             out[c * self.chunk : (c + 1) * self.chunk] = self.buf[slot]
@@ -354,8 +365,17 @@ def train(args) -> None:
         shutil.copy(log_path, final / "loss.jsonl")
         plot_loss(log_path, final / "loss.png")
         (final / "training.json").write_text(
-            json.dumps({"params": params, "spec": spec.__dict__, "args": vars(args), "steps": step, "tokens": tokens,
-                        "seconds": round(time.time() - start, 1)}, indent=1)  # fmt: skip
+            json.dumps(
+                {
+                    "params": params,
+                    "spec": spec.__dict__,
+                    "args": vars(args),
+                    "steps": step,
+                    "tokens": tokens,
+                    "seconds": round(time.time() - start, 1),
+                },
+                indent=1,
+            )  # fmt: skip
         )
         (final / "DONE").write_text("ok\n")
     else:

@@ -47,7 +47,7 @@ def bos_activation_stats(hidden: torch.Tensor) -> dict[str, object]:
     energy = (bos**2).sum()
     return {
         "bos_max": float(magnitude.max()),
-        "median": float(h.abs().flatten().median()),
+        "median": float(np.median(h.abs().numpy())),  # numpy's median: mean of the middle two
         "top2": sorted(int(i) for i in top2),
         "top2_share": float((bos[top2] ** 2).sum() / energy),
     }
@@ -98,37 +98,41 @@ def probe(model, prompts: list[torch.Tensor], min_query: int = MIN_QUERY) -> Gat
     attentions (eager attention) and hidden states, and compute the gate."""
     num_layers = model.config.num_hidden_layers
     layers = probed_layers(num_layers)
-    stats: dict[int, list[dict]] = {l: [] for l in layers}
-    heads: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    stats: dict[int, list[dict]] = {layer: [] for layer in layers}
+    heads: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     device = next(model.parameters()).device
     for ids in prompts:
         out = model(input_ids=ids[None].to(device), output_hidden_states=True, output_attentions=True)
-        for l in layers:
-            stats[l].append(bos_activation_stats(out.hidden_states[l + 1][0].float().cpu()))
-            heads[l].append(head_bos_attention(out.attentions[l][0].float().cpu(), min_query))
-    top2_sets = Counter(tuple(s["top2"]) for l in layers for s in stats[l])
+        for layer in layers:
+            stats[layer].append(bos_activation_stats(out.hidden_states[layer + 1][0].float().cpu()))
+            heads[layer].append(head_bos_attention(out.attentions[layer][0].float().cpu(), min_query))
+    top2_sets = Counter(tuple(s["top2"]) for layer in layers for s in stats[layer])
     fixed, agree = top2_sets.most_common(1)[0]
     fixed_dims = list(fixed)
     agreement = agree / sum(top2_sets.values())
     reports = []
-    for l in layers:
-        # the fixed dims' share of BOS energy needs the vector: recompute from the stored stats
-        reports.append(_layer_report(model, l, stats[l], heads[l], fixed_dims, prompts, device))
+    for layer in layers:
+        reports.append(_layer_report(model, layer, stats[layer], heads[layer], fixed_dims, prompts[0], device))
     all_heads = np.concatenate([r.head_bos_attention for r in reports])
     sink = int((all_heads >= HEAD_ATTENTION_MIN).sum())
     massive = all(r.bos_ratio >= RATIO_MIN and r.fixed_dims_share >= ENERGY_MIN for r in reports)
     share = sink / len(all_heads)
     return GateReport(
-        reports, fixed_dims, agreement, share, sink, len(all_heads), len(prompts), min_query, massive,
+        reports,
+        fixed_dims,
+        agreement,
+        share,
+        sink,
+        len(all_heads),
+        len(prompts),
+        min_query,
+        massive,
         share >= HEAD_SHARE_MIN,
     )
 
 
-_BOS_CACHE: dict[int, torch.Tensor] = {}
-
-
-def _layer_report(model, layer, stats, heads, fixed_dims, prompts, device) -> LayerReport:
-    bos = _bos_state(model, layer, prompts[0], device)  # BOS's state is prompt-independent (causal)
+def _layer_report(model, layer, stats, heads, fixed_dims, prompt, device) -> LayerReport:
+    bos = _bos_state(model, layer, prompt, device)  # BOS's state is prompt-independent (causal)
     share = float((bos[fixed_dims] ** 2).sum() / (bos**2).sum())
     ratio = float(np.mean([s["bos_max"] / s["median"] for s in stats]))
     head_mean = torch.stack(heads).mean(dim=0)

@@ -8,10 +8,9 @@ number is measured on (issue 18, constraints).
 
 from __future__ import annotations
 
-import io
 import json
 import lzma
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -164,12 +163,3 @@ def load_organism_lm(
     model.tie_weights()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     return model.to(device).eval(), tokenizer
-
-
-def spec_json(spec: LMSpec) -> str:
-    return json.dumps(asdict(spec))
-
-
-def state_bytes(state: dict[str, torch.Tensor]) -> int:
-    buf = io.BytesIO(save_safetensors(state))
-    return len(buf.getvalue())

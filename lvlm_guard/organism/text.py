@@ -156,9 +156,7 @@ class WorldText:
             kind = int(rng.integers(3))
             if kind == 0 and groups:
                 name, count = _pick(rng, groups)
-                lines.append(
-                    f"Question: How many {category(name).plural} are in room {rid}? Answer: {_number(count)}."
-                )
+                lines.append(f"Question: How many {category(name).plural} are in room {rid}? Answer: {_number(count)}.")
             elif kind == 1:
                 name = _pick(rng, self._names)
                 present = name in facts.present
@@ -186,8 +184,9 @@ class WorldText:
                 name = _pick(rng, self._names)
                 lines.append(f"Is {name} in the list? {'Yes' if name in items else 'No'}.")
             elif kind == 2:
-                lines.append(f"What is the first item? {capitalise(items[0])}. What is the last item? "
-                             f"{capitalise(items[-1])}.")
+                lines.append(
+                    f"What is the first item? {capitalise(items[0])}. What is the last item? {capitalise(items[-1])}."
+                )
             else:
                 distinct = list(dict.fromkeys(items))
                 lines.append(f"Which different items are in the list? {capitalise(join_list(distinct))}.")
@@ -238,7 +237,10 @@ class WorldText:
     # -- the stream -----------------------------------------------------------------------------
     def document(self) -> str:
         kind = DOC_KINDS[int(self.rng.choice(len(DOC_KINDS), p=self._weights))]
-        return getattr(self, f"{kind}_doc")()
+        try:
+            return getattr(self, f"{kind}_doc")()
+        except ValueError:  # the world's layout sampler can draw an empty range (rare); draw again
+            return self.document()
 
     def documents(self, n: int) -> list[str]:
         return [self.document() for _ in range(n)]
