@@ -41,6 +41,7 @@ UNGUARDED, GUARDED = "unguarded", "guarded"
 DEFAULT_MAX_NEW_TOKENS = 160
 QUEUE_MESSAGE = "Waiting for another request to finish: one model is shared by every visitor, one request at a time."
 GENERATING_WORKERS = 1  # generations that run at once: the model lock lets one request generate
+SERVER_CPUS = 1  # left to Streamlit's server: evals/results/threads/README.md (2 OpenMP threads beside a busy one: 4.8x slower)
 
 # What each method does and its paper, in one line, derived from its module's docstring.
 SUMMARIES = {
@@ -256,7 +257,7 @@ def guarded(model, processor, spec: str, on_wait: Callable[[], None] | None = No
     and VL-SAM passes itself; `stream_answers`' worker sets its own)."""
     interventions = lg.parse_guard_spec(spec)  # bad parameters raise before the lock is taken
     with holding(model_lock(model), on_wait):
-        configure_threads(workers=GENERATING_WORKERS)
+        configure_threads(workers=GENERATING_WORKERS, reserve=SERVER_CPUS)
         guard = lg.attach(model, processor, interventions)
         try:
             yield guard
@@ -290,7 +291,7 @@ def stream_answers(
 
             def work(streamer=streamer, failure=failure, tokens=tokens) -> None:
                 try:
-                    configure_threads(workers=GENERATING_WORKERS)  # OpenMP settings are per thread
+                    configure_threads(workers=GENERATING_WORKERS, reserve=SERVER_CPUS)  # OpenMP settings are per thread
                     out = guard.generate([image], [prompt], max_new_tokens=max_new_tokens, streamer=streamer)
                     tokens.append(len(out.token_ids[0]))
                 except BaseException as err:  # re-raised in the caller's thread below

@@ -323,12 +323,13 @@ def test_generation_workers_set_their_threads(model_and_processor, sample, monke
     image, _ = sample
     calls = []
     monkeypatch.setattr(
-        session, "configure_threads", lambda workers: calls.append((threading.current_thread(), workers))
+        session, "configure_threads", lambda workers, reserve: calls.append((threading.current_thread(), (workers, reserve)))
     )
     finished: dict = {}
     list(session.stream_answers(model, processor, "none", image, "Describe the image.", TOKENS, finished))
     workers = [t for t, _ in calls if t is not threading.current_thread()]
-    assert len(workers) == 2 and all(w == session.GENERATING_WORKERS for _, w in calls)  # both answers' workers
+    expected = (session.GENERATING_WORKERS, session.SERVER_CPUS)  # one CPU left to the server
+    assert len(workers) == 2 and all(w == expected for _, w in calls)  # both answers' workers
     assert all(a.tokens == TOKENS and a.cut for a in finished.values())  # a description is longer than 4 tokens
 
 
