@@ -55,7 +55,7 @@ def cached_sam(name: str):
 @st.cache_resource(show_spinner="Preparing sample images ...")
 def cached_samples(root: str | None) -> list[objects.SampleImage]:
     if root is None:
-        from lvlm_guard.world.coco_format import ensure_world
+        from lvlm_guard.embedded.world.coco_format import ensure_world
 
         root = str(ensure_world("test", progress=False))
     return objects.sample_images(Path(root), "test")

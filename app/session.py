@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from functools import cache
 
 import lvlm_guard as lg
+from lvlm_guard.methods import vlsam
 from lvlm_guard.methods.base import method_class
 from lvlm_guard.methods.settings import FieldType, describe_setting, field_types, parse_setting
-from lvlm_guard import vlsam
 from lvlm_guard.threads import configure_threads
 
 DEFAULT_MODEL = "tiny-coco"
@@ -41,7 +41,7 @@ UNGUARDED, GUARDED = "unguarded", "guarded"
 DEFAULT_MAX_NEW_TOKENS = 160
 QUEUE_MESSAGE = "Waiting for another request to finish: one model is shared by every visitor, one request at a time."
 GENERATING_WORKERS = 1  # generations that run at once: the model lock lets one request generate
-SERVER_CPUS = 1  # left to Streamlit's server: evals/results/threads/README.md (2 OpenMP threads beside a busy one: 4.8x slower)
+SERVER_CPUS = 1  # left to Streamlit's server: results/threads/README.md (2 OpenMP threads beside a busy one: 4.8x slower)
 
 # What each method does and its paper, in one line, derived from its module's docstring.
 SUMMARIES = {

@@ -103,7 +103,7 @@ def resolve_data(args: argparse.Namespace, default_split: str) -> None:
                 f"--coco-root is required for --model {args.model!r} (a folder with <split>/ images and "
                 f"COCO annotations); only {EMBEDDED_MODEL!r} brings its own data"
             )
-        from lvlm_guard.world.coco_format import ensure_world
+        from lvlm_guard.embedded.world.coco_format import ensure_world
 
         args.split = args.split or WORLD_SPLIT
         args.coco_root = ensure_world(args.split)

@@ -26,10 +26,10 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _LAZY = {
-    "FastPaths": "lvlm_guard.attention",
-    "GenerationOutput": "lvlm_guard.guard",
-    "Guard": "lvlm_guard.guard",
-    "attach": "lvlm_guard.guard",
+    "FastPaths": "lvlm_guard.engine.attention",
+    "GenerationOutput": "lvlm_guard.engine.guard",
+    "Guard": "lvlm_guard.engine.guard",
+    "attach": "lvlm_guard.engine.guard",
     "load": "lvlm_guard.loading",
     "DoLa": "lvlm_guard.methods",
     "IAF": "lvlm_guard.methods",
@@ -45,12 +45,12 @@ _LAZY = {
     "ModelSpec": "lvlm_guard.models",
     "adapter_for": "lvlm_guard.models",
     "supported_architectures": "lvlm_guard.models",
-    "Taps": "lvlm_guard.taps",
-    "FlowConfig": "lvlm_guard.vlsam",
-    "Located": "lvlm_guard.vlsam",
-    "PromptConfig": "lvlm_guard.vlsam",
-    "SamRunner": "lvlm_guard.vlsam",
-    "load_sam": "lvlm_guard.vlsam",
+    "Taps": "lvlm_guard.engine.taps",
+    "FlowConfig": "lvlm_guard.methods.vlsam",
+    "Located": "lvlm_guard.methods.vlsam",
+    "PromptConfig": "lvlm_guard.methods.vlsam",
+    "SamRunner": "lvlm_guard.methods.vlsam",
+    "load_sam": "lvlm_guard.methods.vlsam",
 }
 
 

@@ -47,7 +47,7 @@ def make_answer_fn(model: str, guard: str, device: str | None = None, **load_opt
     """
     import os
 
-    from lvlm_guard.guard import attach
+    from lvlm_guard.engine.guard import attach
     from lvlm_guard.methods import parse_guard_spec
     from lvlm_guard.threads import configure_threads
 
@@ -77,10 +77,9 @@ make_answer_fn.validate_spec = _validate_spec  # evals checks every grid entry b
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from lvlm_guard.guard import attach
+    from lvlm_guard.engine.guard import attach
     from lvlm_guard.loading import load
     from lvlm_guard.methods import parse_guard_spec
-
     from lvlm_guard.threads import configure_threads
 
     interventions = parse_guard_spec(args.guard)  # a bad spec fails before the model loads
@@ -116,8 +115,8 @@ def _main_job(args: argparse.Namespace) -> int:
     from evals.pope.build import POPE_MIN_IMAGES, POPE_PER_IMAGE, POPE_SPLITS
     from evals.pope.task import POPE_MAX_NEW_TOKENS
     from evals.progress import item_cost, job_progress
+    from lvlm_guard.embedded.world.coco_format import ensure_world
     from lvlm_guard.methods import available_methods, method_class, parse_guard_spec
-    from lvlm_guard.world.coco_format import ensure_world
 
     guards = available_methods() if args.guards is None else [g.strip() for g in args.guards.split(",") if g.strip()]
     for spec in guards:
@@ -191,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     job = sub.add_parser("main", help="the main job: baseline vs every guard on POPE and CHAIR (embedded default)")
     job.add_argument("--model", default=DEFAULT_MODEL)
     job.add_argument("--split", default="test")
-    job.add_argument("--num-images", type=int, default=100, help="images per benchmark, at least 2 (protocol: 500)")
+    job.add_argument("--num-images", type=int, default=50, help="images per benchmark, at least 2 (default 50; protocol: 500)")
     job.add_argument(
         "--guards", default=None, help="guards to compare with the baseline, e.g. pai,var or 'pai+var' (default: every one)"
     )

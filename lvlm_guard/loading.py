@@ -12,11 +12,12 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoProcessor
 
+from lvlm_guard.embedded import CHECKPOINTS
 from lvlm_guard.errors import LoadOptionError, ModelNotFoundError, QuantizationUnavailableError
 from lvlm_guard.models import adapter_class_for_architecture
 
 #: short names of models that ship inside the package
-SHORT_NAMES = {"tiny-coco": Path(__file__).parent / "checkpoints" / "tiny-coco"}
+SHORT_NAMES = {"tiny-coco": CHECKPOINTS / "tiny-coco"}
 
 _DTYPES = {
     "bfloat16": torch.bfloat16,

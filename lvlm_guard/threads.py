@@ -4,7 +4,7 @@ torch sizes its intra-op pool from the machine's cores, not from what this proce
 affinity, a container's CPU quota), and every Python thread that runs torch ops gets a pool of
 that size: the app's generation worker beside Streamlit's own threads then oversubscribes a small
 machine, and spinning OpenMP workers wait on each other (measured by `scripts/bench_threads.py`;
-results in evals/results/threads/).
+results in results/threads/).
 
 `configure_threads(workers)` sets torch's pool, in the calling thread, to the CPUs this process may
 use divided by the number of threads that generate at once (`workers`); LVLM_GUARD_THREADS

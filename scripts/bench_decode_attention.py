@@ -6,16 +6,16 @@ calls, each variant compiled as the static-cache decode would compile it):
   - `sdpa_bias`: PAI as an additive bias (q.K^T, `alpha*|s|`, SDPA with a float mask): K read twice;
   - `flex_mask`: FlexAttention with the mask only (the fused kernel's own cost);
   - `flex_pai`: FlexAttention with PAI's score_mod (one pass over K), with several kernel options;
-  - `triton_pai`, `triton_var`: our fused decoding kernel (`lvlm_guard.decode_kernel`) in its
+  - `triton_pai`, `triton_var`: our fused decoding kernel (`lvlm_guard.engine.kernels.decode_kernel`) in its
     AMPLIFY and REDISTRIBUTE modes, through the `triton_op` a compiled decode traces.
 Times are kernel times (CUDA-graph replay), microseconds. Eager decoding pays the Python side too:
 `eager_*` rows time one eager call of the plain SDPA, the bias path and the Triton launch
 (host wall clock, synchronised, median); `host_*` rows time calls issued back to back (one sync
 per 100), which is the host's cost of a call where, as in eager decoding, the kernel is shorter
 than its launch; `triton_pai_jitlaunch` launches through Triton's own path every time (no
-`lvlm_guard.triton_launch` cache). Writes JSON to --out.
+`lvlm_guard.engine.kernels.triton_launch` cache). Writes JSON to --out.
 
-    python scripts/bench_decode_attention.py --out evals/results/bench_decode_attention.json
+    python scripts/bench_decode_attention.py --out results/bench_decode_attention.json
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lvlm_guard import attention_math as am
-from lvlm_guard import decode_kernel as dk
-from lvlm_guard import triton_launch
+from lvlm_guard.engine import attention_math as am
+from lvlm_guard.engine.kernels import decode_kernel as dk
+from lvlm_guard.engine.kernels import triton_launch
 
 HEADS, HEAD_DIM, IMAGE = 32, 128, (5, 581)
 

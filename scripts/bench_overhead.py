@@ -9,7 +9,7 @@ Measures, in one run and with the modes interleaved (A B C A B C ...) so drift h
   - with --quant: the 4-bit bitsandbytes path (random model saved, reloaded through lg.load).
 Writes JSON (medians, every repetition, ratios to plain) to --out.
 
-    python scripts/bench_overhead.py --out evals/results/bench_overhead.json
+    python scripts/bench_overhead.py --out results/bench_overhead.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -26,11 +25,12 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import LlavaConfig, LlavaForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
+from transformers import LlavaConfig, LlavaForConditionalGeneration, StoppingCriteriaList
 
 import lvlm_guard as lg
-from lvlm_guard import triton_launch
-from lvlm_guard.contrastive import ImageFreeContrast
+from evals.speed import StepClock, step_statistics
+from lvlm_guard.engine.kernels import triton_launch
+from lvlm_guard.methods.pai.contrastive import ImageFreeContrast
 
 IMAGE_TOKENS = 576  # CLIP ViT-L/14 at 336 px, CLS dropped
 IMAGE_TOKEN_ID = 32000
@@ -157,28 +157,6 @@ def jit_setting(mode: str):
         triton_launch.ENABLED = previous
 
 
-class StepClock(StoppingCriteria):
-    """Host time at the end of every generated token (generate asks its stopping criteria once
-    per step and syncs with the GPU there). The median interval between stamps is one decoding
-    step's time: unlike a run's mean, it holds still when the shared host stalls the process for a
-    part of a run (eager decoding is bound by host time; whole runs scatter 2x on the H200)."""
-
-    def __init__(self) -> None:
-        self.started: float | None = None  # set by the caller when generate starts
-        self.stamps: list[float] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> bool:
-        self.stamps.append(time.perf_counter())
-        return False
-
-    def first_token(self) -> float:
-        """Seconds from the start to the first token: prefill (and any image-free branch)."""
-        return self.stamps[0] - self.started
-
-    def intervals(self) -> list[float]:
-        return [later - earlier for earlier, later in zip(self.stamps, self.stamps[1:])]
-
-
 def run_generate(model, inputs, mode, new_tokens, cache, clock: StepClock | None = None):
     """One timed generate; returns (seconds, peak bytes, generated ids)."""
     with jit_setting(mode):
@@ -210,49 +188,6 @@ def _run_generate(model, inputs, mode, new_tokens, cache, clock) -> tuple[float,
         if guard is not None:
             guard.detach()
     return seconds, peak, out[:, inputs["input_ids"].shape[1] :].cpu()
-
-
-def step_statistics(clocks: dict[str, list[StepClock]], mode: str, batch: int, new_tokens: int) -> dict:
-    """Robust speed of a mode from its runs' step clocks: the median decoding step, the median time
-    to the first token, and tokens/s rebuilt from the two (`first + (n - 1) * step`: what a run
-    takes when the host does not stall it; for VHR it includes the image-free branch). Ratios to
-    plain: overall, and paired (the median over rounds of plain's run against this mode's run)."""
-
-    def rate(first: float, step: float) -> float:
-        return batch * new_tokens / (first + (new_tokens - 1) * step)
-
-    def run_rate(clock: StepClock) -> float:
-        return rate(clock.first_token(), statistics.median(clock.intervals()))
-
-    def summary(runs: list[StepClock]) -> tuple[float, float]:
-        """(median step over all runs, median time to the first token)"""
-        step = statistics.median(s for clock in runs for s in clock.intervals())
-        return step, statistics.median(clock.first_token() for clock in runs)
-
-    runs = clocks[mode]
-    step, first = summary(runs)
-    stats = {
-        "step_ms_median": step * 1e3,
-        "step_ms_run_medians": [statistics.median(clock.intervals()) * 1e3 for clock in runs],
-        "first_token_ms_median": first * 1e3,
-        "steady_tokens_per_s": rate(first, step),
-        "step_ratio_to_plain": None,
-        "step_ratio_to_plain_paired_median": None,
-        "steady_ratio_to_plain": None,
-        "steady_ratio_to_plain_paired_median": None,
-    }
-    if "plain" in clocks:  # plain against itself: exactly 1.0
-        plain = clocks["plain"]
-        plain_step, plain_first = summary(plain)
-        stats["step_ratio_to_plain"] = plain_step / step
-        stats["step_ratio_to_plain_paired_median"] = statistics.median(
-            statistics.median(p.intervals()) / statistics.median(m.intervals()) for p, m in zip(plain, runs)
-        )
-        stats["steady_ratio_to_plain"] = stats["steady_tokens_per_s"] / rate(plain_first, plain_step)
-        stats["steady_ratio_to_plain_paired_median"] = statistics.median(
-            run_rate(m) / run_rate(p) for p, m in zip(plain, runs)
-        )
-    return stats
 
 
 def prefill_latency(model, inputs, mode, reps: int) -> list[float]:
@@ -376,16 +311,15 @@ def bench_prefill(model, args, results: dict) -> None:
 
 def bench_quantized(model, args, results: dict) -> None:
     """Save the random model, reload it 4-bit through lg.load (vision tower and projector kept bf16)."""
-    from transformers import CLIPImageProcessor, LlavaProcessor
+    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_models import tiny_tokenizer
+    from lvlm_guard.embedded import CHECKPOINTS
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         model.save_pretrained(tmp)
         LlavaProcessor(
             image_processor=CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
-            tokenizer=tiny_tokenizer(),
+            tokenizer=PreTrainedTokenizerFast.from_pretrained(CHECKPOINTS / "tiny-coco"),
             patch_size=14,
             vision_feature_select_strategy="default",
         ).save_pretrained(tmp)

@@ -4,9 +4,9 @@ The app generates in a worker thread while Streamlit's server (and, in tests, a 
 same cores. This measures what `lvlm_guard.threads` decides: for each thread count, greedy
 generation of a description (fixed length, EOS ignored) in a worker thread, (a) on a quiet
 process and (b) with one competing busy thread standing in for the server; paired rounds,
-medians. Results: evals/results/threads/bench_threads.json.
+medians. Results: results/threads/bench_threads.json.
 
-    python scripts/bench_threads.py --rounds 5 --tokens 64 --out evals/results/threads/bench_threads.json
+    python scripts/bench_threads.py --rounds 5 --tokens 64 --out results/threads/bench_threads.json
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 import lvlm_guard as lg
+from lvlm_guard.embedded.world.coco_format import ensure_world
 from lvlm_guard.threads import thread_count, usable_cpus
-from lvlm_guard.world.coco_format import ensure_world
 
 
 def _busy(stop: threading.Event) -> None:
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", default=None, help="thread counts to compare (default 1..usable CPUs)")
-    parser.add_argument("--out", type=Path, default=Path("evals/results/threads/bench_threads.json"))
+    parser.add_argument("--out", type=Path, default=Path("results/threads/bench_threads.json"))
     args = parser.parse_args()
 
     counts = [int(x) for x in args.threads.split(",")] if args.threads else list(range(1, usable_cpus() + 1))

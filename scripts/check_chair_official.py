@@ -6,7 +6,7 @@ that `chair.py` as it is, builds its evaluator without COCO files (ground truth 
 here, the same for both sides), and compares, caption by caption, the object lists and word counts,
 then the overall CHAIR_S / CHAIR_I / recall / length. Writes JSON.
 
-    python scripts/check_chair_official.py --opera /path/to/OPERA --out evals/results/chair_check/opera.json
+    python scripts/check_chair_official.py --opera /path/to/OPERA --out results/chair_check/opera.json
 """
 
 from __future__ import annotations

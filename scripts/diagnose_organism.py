@@ -13,7 +13,7 @@ captioning prompt and a POPE-style question, this measures:
 
 Writes `diagnostics.json` and PNGs to --out. CPU is enough (about 1 s per image on one thread):
 
-    python scripts/diagnose_organism.py --images 100 --seed 0 --out evals/results/organism
+    python scripts/diagnose_organism.py --images 100 --seed 0 --out results/organism
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from PIL import Image
 import lvlm_guard as lg
 from evals.coco import CocoImage, find_split, load_split
 from evals.pope.build import question_text
-from lvlm_guard.diagnostics import (
+from lvlm_guard.embedded.diagnostics import (
     MASSIVE_RATIO,
     VAR_TAU,
     attention_mass,
@@ -49,10 +49,10 @@ from lvlm_guard.diagnostics import (
     top_decile_threshold,
     top_share,
 )
-from lvlm_guard.world.coco_format import ensure_world
+from lvlm_guard.embedded.world.coco_format import ensure_world
 
 DESCRIBE = "Please describe this image in detail."
-CHECKPOINT = Path(__file__).resolve().parents[1] / "lvlm_guard" / "checkpoints" / "tiny-coco"
+CHECKPOINT = Path(__file__).resolve().parents[1] / "lvlm_guard" / "embedded" / "checkpoints" / "tiny-coco"
 KINDS = ("describe", "pope")
 IMAGE_CENTRIC_SHARE = 0.5  # the brief's absolute cut; the top decile is reported beside it
 VAR_FIRST_LAYER = 2  # VAR edits layers 2..L-1 (VisAttnSink A_exps/lv1.5_7b.yml, our methods notes)
@@ -437,7 +437,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=21, help="rows of the first 20 generated tokens")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="evals/results/organism")
+    parser.add_argument("--out", default="results/organism")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

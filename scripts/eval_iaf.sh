@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# NOTE: this produced evals/results/iaf/ for the invented IAF that PAINT replaced; its grid names
+# NOTE: this produced results/iaf/ for the invented IAF that PAINT replaced; its grid names
 # settings (spatial_ratio) PAINT does not have, so it no longer runs as is.
 # Issue 5 part 1 on the embedded model: calibrate IAF on the calibration split (rule in
 # scripts/select_config.py: lowest CHAIR_I + (100 - POPE adversarial F1)), then baseline vs PAI vs IAF vs

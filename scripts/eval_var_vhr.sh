@@ -6,7 +6,7 @@ set -euo pipefail
 OUT=${1:?usage: eval_var_vhr.sh OUT_DIR}
 CALIB_IMAGES=${CALIB_IMAGES:-200}
 source "$(dirname "$0")/embedded_eval.sh"
-# VAR: the paper's tau (20) finds no sink on this model (evals/results/var_vhr/README.md), so lower ones too
+# VAR: the paper's tau (20) finds no sink on this model (results/var_vhr/README.md), so lower ones too
 CALIB_GRID="none,var,var:tau=3,var:tau=1.5,var:tau=1.5:p=0.3,vhr,vhr:alpha=1.5,vhr:alpha=3"
 embedded_eval calib pope "$CALIB_GRID" "$OUT/calib/pope" --num-images "$CALIB_IMAGES" --pope-splits adversarial
 embedded_eval calib chair "$CALIB_GRID" "$OUT/calib/chair" --num-images "$CALIB_IMAGES" --max-new-tokens 512

@@ -1,6 +1,6 @@
 """VL-SAM on the embedded model's world: pointing accuracy, box IoU and recall, full system vs ablations.
 
-`--mode detect` (default): the VL-SAM system of `lvlm_guard.vlsam.detect` (words from the model's own
+`--mode detect` (default): the VL-SAM system of `lvlm_guard.methods.vlsam.detect` (words from the model's own
 descriptions, connected-region prompts, refinement, multi-scale, question ensemble, NMS) against our
 earlier configuration (`EARLIER`: templated GT words, map peak, map box) and the full system minus one
 part at a time. The VLM runs once per image (every view and question of the full system, plus the
@@ -15,8 +15,8 @@ weights here), so "refinement" and masks are the stand-in's, not SAM's.
   precision@0.5: detections matched one-to-one (greedy by score) to a GT instance at IoU >= 0.5.
 Thresholds (`VLSamConfig.threshold`, `MapSegmenter.threshold`) are chosen on calib by box IoU.
 
-    python scripts/eval_vlsam.py --mode detect --split calib --num-images 12 --out evals/results/vlsam
-    python scripts/eval_vlsam.py --mode detect --split test --num-images 40 --out evals/results/vlsam
+    python scripts/eval_vlsam.py --mode detect --split calib --num-images 12 --out results/vlsam
+    python scripts/eval_vlsam.py --mode detect --split test --num-images 40 --out results/vlsam
 
 `--mode flows`: the earlier flow-variant study below.
 
@@ -31,8 +31,8 @@ image the category's boxes cover; the box is the whole image). 95% bootstrap CIs
 Flow variants are named `base[+modifier...]` (see `variant`); all variants of a run come from one
 forward per pair. `--variants grid` runs the calibration grid; the best by pointing is printed.
 
-    python scripts/eval_vlsam.py --split calib --num-images 40 --variants grid --figure 0 --out evals/results/vlsam
-    python scripts/eval_vlsam.py --split test --num-images 40 --variants <best>,paper,sum-raw --out evals/results/vlsam
+    python scripts/eval_vlsam.py --split calib --num-images 40 --variants grid --figure 0 --out results/vlsam
+    python scripts/eval_vlsam.py --split test --num-images 40 --variants <best>,paper,sum-raw --out results/vlsam
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ import torch
 from PIL import Image
 
 import lvlm_guard as lg
-from lvlm_guard.vlsam import FlowConfig, PromptConfig, attention_maps_for_flows, located_from_map
-from lvlm_guard.vlsam.locate import DEFAULT_ANSWER
-from lvlm_guard.world.coco_format import ensure_world
+from lvlm_guard.embedded.world.coco_format import ensure_world
+from lvlm_guard.methods.vlsam import FlowConfig, PromptConfig, attention_maps_for_flows, located_from_map
+from lvlm_guard.methods.vlsam.locate import DEFAULT_ANSWER
 
 BASES = {
     "paper": {},  # paper Eq. 1-3: mean-max heads, column-regularized (I + A)(I + R)
@@ -319,7 +319,7 @@ def polygon_mask(polygon, width: int, height: int) -> np.ndarray:
 
 def score_image(result, gt: dict[str, list], width: int, height: int, iou_at: float = 0.5) -> dict[str, list[float]]:
     """Per-pair and per-instance scores of one image's `DetectionResult` (see the module docstring)."""
-    from lvlm_guard.vlsam.detect import box_iou
+    from lvlm_guard.methods.vlsam.detect import box_iou
 
     out = {k: [] for k in ("pointing", "pointing_mask", "mentioned", "iou", "recall50")}
     by_cat: dict[str, list] = {}
@@ -354,7 +354,7 @@ def observations_for(guard, image, image_id: int, split: str, categories, cache:
     """The full system's observations and the earlier configuration's, cached per image."""
     import pickle
 
-    from lvlm_guard.vlsam import EARLIER, VLSamConfig, observe
+    from lvlm_guard.methods.vlsam import EARLIER, VLSamConfig, observe
 
     path = cache / split / f"{image_id}.pkl"
     if path.exists():
@@ -368,7 +368,7 @@ def observations_for(guard, image, image_id: int, split: str, categories, cache:
 
 def configurations(prompt_t: float, seg_t: float):
     """name -> (VLSamConfig, segmenter, which observations)."""
-    from lvlm_guard.vlsam import EARLIER, MapSegmenter, VLSamConfig, ablated
+    from lvlm_guard.methods.vlsam import EARLIER, MapSegmenter, VLSamConfig, ablated
 
     full = VLSamConfig(threshold=prompt_t)
     seg = MapSegmenter(seg_t)
@@ -394,7 +394,7 @@ def aggregate(per_image: list[dict]) -> dict:
 def detect_main(args) -> None:
     from tqdm import tqdm
 
-    from lvlm_guard.vlsam import result_from
+    from lvlm_guard.methods.vlsam import result_from
 
     root = ensure_world(args.split, progress=False)
     images, gt = gt_instances(root, args.split)

@@ -9,7 +9,7 @@ OUT=${1:?usage: gpu_eval_protocol.sh OUT_DIR}
 DEVICE=${DEVICE:-cuda}
 PROCS=${PROCS:-2}
 EXTRA=${EXTRA:-}
-ROOT=$(python -c "from lvlm_guard.world.coco_format import ensure_world; print(ensure_world('test'))")
+ROOT=$(python -c "from lvlm_guard.embedded.world.coco_format import ensure_world; print(ensure_world('test'))")
 common=(--model tiny-coco --grid none,pai --coco-root "$ROOT" --split test --batch-size 64 --opt dtype=float32 --no-progress $EXTRA)
 pope=(pope --num-images 400)
 chair=(chair --num-images 500 --max-new-tokens 512)

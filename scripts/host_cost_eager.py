@@ -17,50 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
-from bench_overhead import StepClock, build_model, make_inputs, run_generate
-from transformers import AttentionInterface
+from bench_overhead import build_model, make_inputs, run_generate
 
-from lvlm_guard import attention
-
-
-class AttentionTimer:
-    """Times the decoding calls (one query row) of the attention function the model calls: stock
-    SDPA (looked up by name), and the guard's function (registered again by every attach, so the
-    module's function itself is wrapped). The guard calls stock SDPA directly: no call counts twice."""
-
-    def __init__(self) -> None:
-        self.calls_ns: list[int] = []
-        self.originals = (AttentionInterface._global_mapping["sdpa"], attention.guarded_attention_forward)
-
-    def __enter__(self) -> AttentionTimer:
-        AttentionInterface._global_mapping["sdpa"] = self._timed(self.originals[0])
-        attention.guarded_attention_forward = self._timed(self.originals[1])
-        attention.register_guarded_attention()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        AttentionInterface._global_mapping["sdpa"], attention.guarded_attention_forward = self.originals
-        attention.register_guarded_attention()
-
-    def _timed(self, function):
-        calls = self.calls_ns
-
-        def timed(module, query, *args, **kwargs):
-            start = time.perf_counter_ns()
-            result = function(module, query, *args, **kwargs)
-            if query.shape[2] == 1:
-                calls.append(time.perf_counter_ns() - start)
-            return result
-
-        return timed
-
-
-def quartile(values: list[float]) -> float:
-    return statistics.quantiles(values, n=4)[0]
+from evals.speed import AttentionTimer, StepClock, quartile
 
 
 def measure(model, inputs, mode: str, new_tokens: int) -> tuple[list[float], list[int], float]:

@@ -1,4 +1,4 @@
-"""GPU time of the fused decoding kernel (`lvlm_guard.decode_kernel`) over its tuning knobs.
+"""GPU time of the fused decoding kernel (`lvlm_guard.engine.kernels.decode_kernel`) over its tuning knobs.
 
 Each configuration is launched directly (no torch.compile) and replayed from a CUDA graph, as a
 compiled static-cache decode replays it, next to SDPA on the same tensors (LLaVA-1.5-7B heads:
@@ -6,7 +6,7 @@ compiled static-cache decode replays it, next to SDPA on the same tensors (LLaVA
 0 = one program per row, no combining kernel); num_warps; value sums by `tl.dot` or by
 reductions. Writes JSON rows as it goes.
 
-    python scripts/sweep_decode_kernel.py --out evals/results/decode_kernel/sweep_h200.json
+    python scripts/sweep_decode_kernel.py --out results/decode_kernel/sweep_h200.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench_cudagraph
 
-from lvlm_guard import decode_kernel as dk
+from lvlm_guard.engine.kernels import decode_kernel as dk
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_decode_attention import HEAD_DIM, HEADS, decode_inputs  # noqa: E402

@@ -1,4 +1,4 @@
-"""Train DyVTE's exit router (`lvlm_guard.exit_router`) for a model on a COCO-format split.
+"""Train DyVTE's exit router (`lvlm_guard.methods.token_exit.router`) for a model on a COCO-format split.
 
 Labels as in DyVTE (notes: /work/shared/notes/methods.md): the MLLM is frozen; for each sample
 (an image, a prompt and a teacher-forced answer) and each layer l, label 1 (exit OK after l) when
@@ -17,7 +17,7 @@ Deviation from DyVTE's data: its 1% of LLaVA-665k single-turn samples do not exi
 world's captions and POPE-style questions stand in.
 
     python scripts/train_exit_router.py --model tiny-coco --split calib --num-images 64 \
-        --out lvlm_guard/checkpoints/tiny-coco-exit-router
+        --out lvlm_guard/embedded/checkpoints/tiny-coco-exit-router
 
 For a real checkpoint: same command with `--model llava-hf/llava-1.5-7b-hf --device cuda
 --dtype bfloat16 --root <coco root with captions and instances>`; a few hundred images suffice.
@@ -38,9 +38,9 @@ from tqdm import tqdm
 
 import lvlm_guard as lg
 from evals.pope.build import question_text
-from lvlm_guard.exit_router import ExitRouter, after_image_mask, router_features
+from lvlm_guard.embedded.world import default_world_root, ensure_world
 from lvlm_guard.methods.token_exit import VisualTokenExit
-from lvlm_guard.world import default_world_root, ensure_world
+from lvlm_guard.methods.token_exit.router import ExitRouter, after_image_mask, router_features
 
 # caption requests of several phrasings (the router must not key on one prompt's wording; the second
 # run of this script, trained on "Describe the image." alone, exited early on CHAIR's "Please describe

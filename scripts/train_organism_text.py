@@ -3,13 +3,13 @@
 Two steps, both seeded:
 
   # 1. here (needs apt): Debian English -> tokenizer + token array (.debtext/, git-ignored)
-  python scripts/train_organism_text.py prepare --work .debtext --tokenizer-out lvlm_guard/checkpoints/organism-v2-stage-a
+  python scripts/train_organism_text.py prepare --work .debtext --tokenizer-out lvlm_guard/embedded/checkpoints/organism-v2-stage-a
   # 2. on the GPU: train, export int8, run the gate
   python scripts/train_organism_text.py train --english .debtext/english.u16.xz \
-      --tokenizer lvlm_guard/checkpoints/organism-v2-stage-a --final /tmp/final --minutes 21
+      --tokenizer lvlm_guard/embedded/checkpoints/organism-v2-stage-a --final /tmp/final --minutes 21
 
 Data: every training sequence is <s> + documents joined by </s>, 1024 tokens; documents are the
-world's procedural text (`lvlm_guard.organism.text`, generated fresh by worker processes at every
+world's procedural text (`lvlm_guard.embedded.organism.text`, generated fresh by worker processes at every
 step) and, for `--english-share` of the tokens, random windows of the Debian English. Workers write
 into shared memory and the trainer takes their chunks round-robin (the data are a function of the
 seed and the worker count). Optimiser: AdamW (beta2 0.95, fused), linear warm-up then cosine to 10%,
@@ -40,9 +40,9 @@ ENGLISH_FILE = "english.u16.xz"
 
 # -- prepare ---------------------------------------------------------------------------------------
 def prepare(args) -> None:
-    from lvlm_guard.organism import debian
-    from lvlm_guard.organism.text import WorldText, vocabulary_text
-    from lvlm_guard.organism.tokenizer import build_tokenizer
+    from lvlm_guard.embedded.organism import debian
+    from lvlm_guard.embedded.organism.text import WorldText, vocabulary_text
+    from lvlm_guard.embedded.organism.tokenizer import build_tokenizer
 
     work = Path(args.work)
     root = debian.download_and_extract(work)
@@ -73,7 +73,7 @@ class SequenceWriter:
     ):  # fmt: skip
         from tokenizers import Tokenizer
 
-        from lvlm_guard.organism.text import WorldText, world_stats
+        from lvlm_guard.embedded.organism.text import WorldText, world_stats
 
         self.core = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
         self.bos, self.eos = self.core.token_to_id("<s>"), self.core.token_to_id("</s>")
@@ -206,8 +206,8 @@ def make_optimizer(model, lr: float, weight_decay: float, fused: bool):
 def export(model, tokenizer_dir: str, folder: Path, probe_model=None, gate_prompts=None) -> dict | None:
     """int8 weights + config + tokenizer into `folder`; with `gate_prompts`, the gate on the
     dequantized model too (gate.json, gate.md, gate.png)."""
-    from lvlm_guard.organism import gate
-    from lvlm_guard.organism.lm import load_int8_state, save_int8
+    from lvlm_guard.embedded.organism import gate
+    from lvlm_guard.embedded.organism.lm import load_int8_state, save_int8
 
     folder.mkdir(parents=True, exist_ok=True)
     save_int8(model, folder)
@@ -228,7 +228,7 @@ def export(model, tokenizer_dir: str, folder: Path, probe_model=None, gate_promp
 
 def quick_gate(model, probe_model, prompts) -> dict:
     """The gate on the live (float) weights, for the log."""
-    from lvlm_guard.organism import gate
+    from lvlm_guard.embedded.organism import gate
 
     probe_model.load_state_dict(model.state_dict())
     r = gate.probe(probe_model.eval(), prompts)
@@ -245,8 +245,8 @@ def train(args) -> None:
     from tqdm import tqdm
     from transformers import PreTrainedTokenizerFast
 
-    from lvlm_guard.organism import gate
-    from lvlm_guard.organism.lm import LMSpec, build_model, load_int8_state
+    from lvlm_guard.embedded.organism import gate
+    from lvlm_guard.embedded.organism.lm import LMSpec, build_model, load_int8_state
 
     start = time.time()
     torch.manual_seed(args.seed)
@@ -383,7 +383,7 @@ def train(args) -> None:
 
 
 def _export_cpu(state, spec, tokenizer, tokenizer_dir, folder: Path) -> None:
-    from lvlm_guard.organism.lm import build_model
+    from lvlm_guard.embedded.organism.lm import build_model
 
     model = build_model(spec, tokenizer=tokenizer)
     model.load_state_dict(state)
@@ -417,10 +417,10 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--work", default=".debtext")
-    p.add_argument("--tokenizer-out", default="lvlm_guard/checkpoints/organism-v2-stage-a")
+    p.add_argument("--tokenizer-out", default="lvlm_guard/embedded/checkpoints/organism-v2-stage-a")
     p.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train")
-    t.add_argument("--tokenizer", default="lvlm_guard/checkpoints/organism-v2-stage-a")
+    t.add_argument("--tokenizer", default="lvlm_guard/embedded/checkpoints/organism-v2-stage-a")
     t.add_argument("--english", default=".debtext/" + ENGLISH_FILE, help="'' for world text only")
     t.add_argument("--english-share", type=float, default=0.15)  # issue 18's brief: mostly world text
     t.add_argument("--scene-reuse", type=float, default=0.75, help="P(a document reuses a pooled scene)")

@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvlm_guard.tiny_data import IGNORE, encode_conversations, load_images, pixel_values  # noqa: E402
-from lvlm_guard.tiny_model import (  # noqa: E402
+from lvlm_guard.embedded.tiny_data import IGNORE, encode_conversations, load_images, pixel_values  # noqa: E402
+from lvlm_guard.embedded.tiny_model import (  # noqa: E402
     IMAGE,
     TinyLlavaSpec,
     build_config,
@@ -48,7 +48,7 @@ from lvlm_guard.tiny_model import (  # noqa: E402
     chat_text,
     train_tokenizer,
 )
-from lvlm_guard.world import (  # noqa: E402
+from lvlm_guard.embedded.world import (  # noqa: E402
     COCO_CATEGORIES,
     SYNONYMS,
     category_names,
@@ -56,7 +56,7 @@ from lvlm_guard.world import (  # noqa: E402
     facts_from_files,
     iter_conversations,
 )
-from lvlm_guard.world.instructions import InstructionConfig, ObjectStats, existence_turns  # noqa: E402
+from lvlm_guard.embedded.world.instructions import InstructionConfig, ObjectStats, existence_turns  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

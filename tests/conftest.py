@@ -5,7 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
-# Without a GPU, Triton kernels (lvlm_guard.decode_kernel) run in Triton's interpreter. Triton reads
+# Without a GPU, Triton kernels (lvlm_guard.engine.kernels.decode_kernel) run in Triton's interpreter. Triton reads
 # this when it is imported, which importing torch/lvlm_guard may do, so it is set before them.
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")

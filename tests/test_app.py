@@ -36,7 +36,7 @@ def model_and_processor():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from lvlm_guard.world import build_world
+    from lvlm_guard.embedded.world import build_world
 
     return build_world(tmp_path_factory.mktemp("app_world"), seed=0, sizes={"test": 3}, workers=1, progress=False)
 

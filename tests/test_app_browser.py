@@ -46,7 +46,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from lvlm_guard.world import build_world
+    from lvlm_guard.embedded.world import build_world
 
     world = build_world(tmp_path_factory.mktemp("browser_world"), seed=0, sizes={"test": 2}, workers=1, progress=False)
     port = _free_port()

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lvlm_guard.attention import LayerAttention
-from lvlm_guard.edits import AttentionEdit
+from lvlm_guard.engine.attention import LayerAttention
+from lvlm_guard.engine.edits import AttentionEdit
+from lvlm_guard.engine.state import GuardState
 from lvlm_guard.methods import PAI
 from lvlm_guard.models import ModelSpec
-from lvlm_guard.state import GuardState
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
@@ -59,7 +59,7 @@ def pai_edit(alpha: float) -> AttentionEdit:
 
 
 def run(layer, q, k, v, mask):
-    from lvlm_guard.attention import stock_attention_function
+    from lvlm_guard.engine.attention import stock_attention_function
 
     module = fake_module(q.shape[1] // k.shape[1])
     out, _ = layer(module, q, k, v, mask, stock_attention_function(module), scaling=SCALING)
@@ -107,8 +107,8 @@ def test_pai_with_left_padding_mask_and_head_subset():
 @pytest.fixture(params=["off", "reference"])
 def fused_mode(request, monkeypatch):
     """Decoding steps through the SDPA-with-bias path ("off") and the fused FlexAttention path."""
-    import lvlm_guard.attention as attention
-    import lvlm_guard.attention_math as am
+    import lvlm_guard.engine.attention as attention
+    import lvlm_guard.engine.attention_math as am
 
     calls = []
     original = am.attend_with_score_mods
@@ -158,7 +158,7 @@ def test_fused_decoding_step_with_left_padding(fused_mode, kv_heads):
 
 def test_fused_path_is_skipped_for_a_head_subset(monkeypatch):
     """A score_mod on some heads only runs as the equivalent bias (still exact)."""
-    import lvlm_guard.attention as attention
+    import lvlm_guard.engine.attention as attention
 
     monkeypatch.setattr(attention.am, "attend_with_score_mods", None)  # would raise if called
     q, k, v, image_keys = random_case(1, 9)
@@ -220,7 +220,7 @@ def test_post_softmax_reweight_and_composition_with_a_bias():
 def test_no_edit_layer_returns_the_stock_output_unchanged():
     q, k, v, image_keys = random_case(5, 5)
     state = GuardState(image_keys=image_keys)
-    from lvlm_guard.attention import stock_attention_function
+    from lvlm_guard.engine.attention import stock_attention_function
 
     module = fake_module(H // KV)
     plain, _ = stock_attention_function(module)(module, q, k, v, None, scaling=SCALING)
@@ -232,7 +232,7 @@ def test_no_edit_layer_returns_the_stock_output_unchanged():
 @pytest.mark.parametrize("batch,kv_heads", [(1, 32), (3, 8)])
 def test_compiled_fused_kernel_matches_float64_on_cuda(batch, kv_heads):
     """The generated FlexAttention kernel at LLaVA-7B head shapes, bf16, with padding and GQA."""
-    import lvlm_guard.attention_math as am
+    import lvlm_guard.engine.attention_math as am
 
     heads, d, k_len = 32, 128, 700
     gen = torch.Generator().manual_seed(batch)
@@ -263,7 +263,7 @@ def test_pai_eager_bias_equals_its_score_mod_form():
     q, k = q.double(), k.double()
     state = GuardState(image_keys=image_keys)
     mod = pai_edit(0.35).score_mod
-    from lvlm_guard.edits import AttentionRows
+    from lvlm_guard.engine.edits import AttentionRows
 
     rows = AttentionRows(0, q, k.repeat_interleave(H // KV, 1), SCALING, image_keys, None, 0, False, state)
     fast = mod.bias(rows)

@@ -4,16 +4,11 @@ the eager speed figures, on made-up timestamps, and the clock on a real tiny gen
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import StoppingCriteriaList
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from bench_overhead import StepClock, step_statistics  # noqa: E402
-from host_cost_eager import AttentionTimer  # noqa: E402
+from evals.speed import AttentionTimer, StepClock, step_statistics
 
 
 def _clock(first: float, steps: list[float]) -> StepClock:
@@ -74,7 +69,7 @@ def test_the_attention_timer_counts_each_decoding_call_once_and_restores_the_fun
     from transformers import AttentionInterface
 
     import lvlm_guard as lg
-    from lvlm_guard import attention
+    from lvlm_guard.engine import attention
 
     model, processor, inputs = _tiny()
     before = AttentionInterface._global_mapping["sdpa"], attention.guarded_attention_forward

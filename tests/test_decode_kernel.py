@@ -19,10 +19,11 @@ from test_var import _sinky_var  # noqa: E402
 from tiny_models import tiny_llava  # noqa: E402
 
 import lvlm_guard as lg  # noqa: E402
-from lvlm_guard import attention, decode_kernel  # noqa: E402
-from lvlm_guard.attention import LayerAttention  # noqa: E402
-from lvlm_guard.decode_kernel import AMPLIFY, REDISTRIBUTE, DecodeKernel, decode_attention  # noqa: E402
-from lvlm_guard.state import GuardState  # noqa: E402
+from lvlm_guard.engine import attention  # noqa: E402
+from lvlm_guard.engine.attention import LayerAttention  # noqa: E402
+from lvlm_guard.engine.kernels import decode_kernel  # noqa: E402
+from lvlm_guard.engine.kernels.decode_kernel import AMPLIFY, REDISTRIBUTE, DecodeKernel, decode_attention  # noqa: E402
+from lvlm_guard.engine.state import GuardState  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, KV, D, K, PROMPT = 2, 4, 2, 16, 150, 110  # K not a multiple of the kernel's key block
@@ -348,8 +349,8 @@ def test_a_failing_kernel_in_auto_mode_warns_once_and_the_bias_path_serves(monke
 def test_direct_launches_equal_tritons_own_as_a_dynamic_cache_grows(mode, monkeypatch):
     """Eager steps over 16 growing key lengths (every residue mod 16, a fresh cache tensor each
     step as a dynamic cache makes), masked and unmasked, bf16: the cached direct launch
-    (`lvlm_guard.triton_launch`) gives bit-identical outputs to Triton's own launch path."""
-    from lvlm_guard import triton_launch
+    (`lvlm_guard.engine.kernels.triton_launch`) gives bit-identical outputs to Triton's own launch path."""
+    from lvlm_guard.engine.kernels import triton_launch
 
     heads, d, prompt = 32, 128, 640
     gen = torch.Generator().manual_seed(20 + mode)
@@ -416,7 +417,7 @@ def test_several_16_bit_rows_go_through_the_row_block_kernel(mode):
 def test_constexprs_reach_each_kernel_in_its_parameter_order(monkeypatch):
     """A cached direct launch passes constexprs by position: the order `_launch` builds them in
     must be each kernel's parameter order (decode, split + combine, and row-block launches)."""
-    from lvlm_guard.triton_launch import CachedLaunch
+    from lvlm_guard.engine.kernels.triton_launch import CachedLaunch
 
     seen = []
     original = CachedLaunch.__call__

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lvlm_guard.diagnostics import (
+from lvlm_guard.embedded.diagnostics import (
     attention_mass,
     frequent_dims,
     image_centric_heads,

@@ -8,7 +8,7 @@ import re
 import pytest
 
 import lvlm_guard as lg
-from lvlm_guard.world.coco_format import ensure_world
+from lvlm_guard.embedded.world.coco_format import ensure_world
 
 ANSWER = re.compile(r"^(Yes, there is an? |No, there is no )[a-z ]+ in the image\.$")
 

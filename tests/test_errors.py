@@ -11,7 +11,7 @@ from PIL import Image
 from tiny_models import tiny_llava
 
 import lvlm_guard as lg
-from lvlm_guard.inputs import load_image
+from lvlm_guard.engine.inputs import load_image
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ def test_default_coco_root(coco, tmp_path, capsys):
 
 
 def test_the_embedded_model_finds_its_world_without_coco_root(tmp_path):
-    from lvlm_guard.world.coco_format import ensure_world
+    from lvlm_guard.embedded.world.coco_format import ensure_world
 
     argv = ["eval", "chair", "--model", "tiny-coco", "--out", str(tmp_path), "--num-images", "4", "--limit", "2",
             "--no-progress", "--ground-truth", "instances"]  # fmt: skip

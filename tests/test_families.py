@@ -13,7 +13,7 @@ from torch import nn
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 import lvlm_guard as lg
-from lvlm_guard import attention
+from lvlm_guard.engine import attention
 from lvlm_guard.models.gemma3 import Gemma3Adapter
 from lvlm_guard.models.idefics3 import Idefics3Adapter
 from lvlm_guard.models.internvl import InternVLAdapter

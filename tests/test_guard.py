@@ -11,7 +11,7 @@ from PIL import Image
 from tiny_models import assert_cached_equals_recomputation, tiny_llava
 
 import lvlm_guard as lg
-from lvlm_guard.edits import HeadOutputEdit, HiddenStateEdit, InterventionPlan
+from lvlm_guard.engine.edits import HeadOutputEdit, HiddenStateEdit, InterventionPlan
 from lvlm_guard.methods.base import Intervention
 
 
@@ -207,7 +207,7 @@ def test_pai_contrastive_branch_runs_and_changes_scores():
 
 
 def test_contrast_formula_matches_hand_computation():
-    from lvlm_guard.contrastive import contrast_log_probs
+    from lvlm_guard.methods.pai.contrastive import contrast_log_probs
 
     cond = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
     uncond = torch.log(torch.tensor([[0.25, 0.25, 0.25, 0.25]]))

@@ -10,7 +10,7 @@ from tiny_models import tiny_llava
 from transformers import CompileConfig
 
 import lvlm_guard as lg
-from lvlm_guard.layer_tensors import LayerTensors
+from lvlm_guard.engine.layer_tensors import LayerTensors
 
 
 def test_layer_tensors_behave_like_a_dict_and_restart_with_each_prompt():

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lvlm_guard.organism import gate
-from lvlm_guard.organism.lm import (
+from lvlm_guard.embedded.organism import gate
+from lvlm_guard.embedded.organism.lm import (
     LMSpec,
     build_model,
     dequantize_int8,
@@ -21,11 +21,11 @@ from lvlm_guard.organism.lm import (
     quantize_int8,
     save_int8,
 )
-from lvlm_guard.organism.text import DOC_KINDS, WorldText, world_stats
-from lvlm_guard.world.categories import category, category_names
+from lvlm_guard.embedded.organism.text import DOC_KINDS, WorldText, world_stats
+from lvlm_guard.embedded.world.categories import category, category_names
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT = ROOT / "lvlm_guard" / "checkpoints" / "organism-v2-stage-a"
+CHECKPOINT = ROOT / "lvlm_guard" / "embedded" / "checkpoints" / "organism-v2-stage-a"
 
 
 @pytest.fixture(scope="module")

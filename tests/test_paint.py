@@ -16,13 +16,13 @@ from tiny_families import FAMILIES
 from tiny_models import assert_cached_equals_recomputation, tiny_llava
 
 import lvlm_guard as lg
-from lvlm_guard.attention import LayerAttention, stock_attention_function
+from lvlm_guard.engine.attention import LayerAttention, stock_attention_function
+from lvlm_guard.engine.guard import MODEL_ATTR
+from lvlm_guard.engine.state import GuardState
 from lvlm_guard.errors import ClsAttentionUnavailableError
-from lvlm_guard.guard import MODEL_ATTR
 from lvlm_guard.methods.base import method_class
 from lvlm_guard.methods.paint import TOKENS, InformedTokens, informed_tokens, iqr_outliers, top_share
 from lvlm_guard.models import ModelSpec
-from lvlm_guard.state import GuardState
 
 B, H, KV, D = 2, 4, 2, 8
 

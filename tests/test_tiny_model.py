@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from lvlm_guard.tiny_data import IGNORE, encode_conversations, load_images, pixel_values
-from lvlm_guard.tiny_model import (
+from lvlm_guard.embedded.tiny_data import IGNORE, encode_conversations, load_images, pixel_values
+from lvlm_guard.embedded.tiny_model import (
     IMAGE,
     TinyLlavaSpec,
     build_config,
@@ -21,7 +21,7 @@ from lvlm_guard.tiny_model import (
     messages_of,
     train_tokenizer,
 )
-from lvlm_guard.world import build_world, iter_conversations
+from lvlm_guard.embedded.world import build_world, iter_conversations
 
 SPEC = TinyLlavaSpec.for_tests()
 

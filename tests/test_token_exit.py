@@ -11,7 +11,7 @@ from tiny_models import assert_cached_equals_recomputation, tiny_llava
 import lvlm_guard as lg
 from lvlm_guard.errors import GuardStateError, InterventionConfigError
 from lvlm_guard.methods.token_exit import VisualTokenExit
-from lvlm_guard.token_exit_hooks import repack_indices, short_key_allowed
+from lvlm_guard.methods.token_exit.hooks import repack_indices, short_key_allowed
 
 
 def test_repack_indices_left_pads_the_kept_rows():
@@ -145,8 +145,8 @@ def test_bad_layer_and_static_cache_raise_typed_errors():
 
 
 def test_router_decision_matches_hand_computation():
-    from lvlm_guard.exit_router import ExitRouter, after_image_mask
     from lvlm_guard.methods.token_exit import router_decision
+    from lvlm_guard.methods.token_exit.router import ExitRouter, after_image_mask
 
     torch.manual_seed(0)
     router = ExitRouter(num_layers=3, hidden_size=4, width=16)
@@ -171,14 +171,14 @@ def test_router_decision_matches_hand_computation():
 
 
 def router_features_of(hidden, image_tokens, mask):
-    from lvlm_guard.exit_router import after_image_mask, router_features
+    from lvlm_guard.methods.token_exit.router import after_image_mask, router_features
 
     return router_features(hidden, after_image_mask(image_tokens, mask))
 
 
 def test_router_saves_half_and_refuses_old_linear_routers(tmp_path):
     from lvlm_guard.errors import InterventionConfigError
-    from lvlm_guard.exit_router import ExitRouter
+    from lvlm_guard.methods.token_exit.router import ExitRouter
 
     router = ExitRouter(2, 4, width=8)
     router.save(tmp_path)
@@ -192,7 +192,7 @@ def test_router_saves_half_and_refuses_old_linear_routers(tmp_path):
 
 
 def test_router_that_exits_at_a_layer_equals_the_fixed_exit(tmp_path, monkeypatch):
-    from lvlm_guard.exit_router import ExitRouter
+    from lvlm_guard.methods.token_exit.router import ExitRouter
 
     model, processor = tiny_llava()
     spec_layers = model.config.text_config.num_hidden_layers

@@ -1,4 +1,4 @@
-"""`lvlm_guard.triton_launch.CachedLaunch`: a cached launch only where Triton would reuse the
+"""`lvlm_guard.engine.kernels.triton_launch.CachedLaunch`: a cached launch only where Triton would reuse the
 same compiled kernel; its own launch path everywhere else."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvlm_guard import triton_launch
-from lvlm_guard.triton_launch import CachedLaunch
+from lvlm_guard.engine.kernels import triton_launch
+from lvlm_guard.engine.kernels.triton_launch import CachedLaunch
 
 
 class _Compiled:

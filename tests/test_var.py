@@ -12,11 +12,11 @@ from test_guard import IMAGES, PROMPTS
 from tiny_models import assert_cached_equals_recomputation, tiny_llava
 
 import lvlm_guard as lg
-from lvlm_guard.attention import LayerAttention, stock_attention_function
+from lvlm_guard.engine.attention import LayerAttention, stock_attention_function
+from lvlm_guard.engine.state import GuardState
 from lvlm_guard.methods.var import DIMS, SINKS, _record_sinks, redistribution_log_factors
+from lvlm_guard.methods.var.sinks import massive_dims, rms_normalized, sink_dims_for, sink_scores
 from lvlm_guard.models import ModelSpec
-from lvlm_guard.sinks import massive_dims, rms_normalized, sink_dims_for, sink_scores
-from lvlm_guard.state import GuardState
 
 B, H, KV, D = 2, 4, 2, 8
 

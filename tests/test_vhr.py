@@ -14,7 +14,8 @@ from tiny_families import FAMILIES, LAYERS
 from tiny_models import assert_cached_equals_recomputation, tiny_llava
 
 import lvlm_guard as lg
-from lvlm_guard.edits import HeadOutputs
+from lvlm_guard.engine.edits import HeadOutputs
+from lvlm_guard.engine.state import GuardState
 from lvlm_guard.methods.vhr import (
     NO_IMAGE,
     SCALE,
@@ -25,7 +26,6 @@ from lvlm_guard.methods.vhr import (
     vision_aware_heads,
 )
 from lvlm_guard.models import ModelSpec
-from lvlm_guard.state import GuardState
 
 
 def paper_heads(vhd: list[float], ta: list[float]) -> list[bool]:

@@ -9,9 +9,9 @@ from PIL import Image
 from tiny_models import tiny_llava
 
 import lvlm_guard as lg
-from lvlm_guard import vlsam
 from lvlm_guard.errors import InputMismatchError, InterventionConfigError
-from lvlm_guard.vlsam import (
+from lvlm_guard.methods import vlsam
+from lvlm_guard.methods.vlsam import (
     FlowConfig,
     FlowTaps,
     PromptConfig,
@@ -21,7 +21,7 @@ from lvlm_guard.vlsam import (
     box_from_map,
     sample_points,
 )
-from lvlm_guard.vlsam.attention_maps import map_to_image, regularize_columns
+from lvlm_guard.methods.vlsam.attention_maps import map_to_image, regularize_columns
 
 
 def causal_probs(layers: int, heads: int, n: int, seed: int = 0) -> list[torch.Tensor]:
@@ -257,7 +257,7 @@ def test_layer_sum_ablation_adds_instead_of_multiplying():
 
 # --- issue 19: the VL-SAM system (regions, prompts, refinement, views, ensemble, NMS, words) -----
 
-from lvlm_guard.vlsam import (  # noqa: E402
+from lvlm_guard.methods.vlsam import (  # noqa: E402
     MapSegmenter,
     Observations,
     Prediction,
@@ -271,7 +271,7 @@ from lvlm_guard.vlsam import (  # noqa: E402
     region_points,
     views,
 )
-from lvlm_guard.vlsam.detect import WordMap, box_iou, merged_maps  # noqa: E402
+from lvlm_guard.methods.vlsam.detect import WordMap, box_iou, merged_maps  # noqa: E402
 
 
 def two_blobs() -> np.ndarray:
@@ -488,7 +488,7 @@ def test_words_from_a_description_at_their_token_positions():
         ("hot dog", 11, 13),
     ]
     pytest.importorskip("nltk")
-    from lvlm_guard.vlsam.describe import coco_object_words
+    from lvlm_guard.methods.vlsam.describe import coco_object_words
 
     real = mention_spans(tok, ids)[1]  # CHAIR's finder on the same text
     assert [(m.word, m.category, m.token_start, m.token_end) for m in real] == [
@@ -500,8 +500,8 @@ def test_words_from_a_description_at_their_token_positions():
 
 
 def test_description_flow_on_tiny_llava_reads_the_generated_tokens():
-    from lvlm_guard.vlsam import describe, token_maps
-    from lvlm_guard.vlsam.describe import DescribeConfig
+    from lvlm_guard.methods.vlsam import describe, token_maps
+    from lvlm_guard.methods.vlsam.describe import DescribeConfig
 
     model, processor = tiny_llava()
     guard = lg.attach(model, processor, [])

@@ -10,7 +10,7 @@ from dataclasses import FrozenInstanceError
 import numpy as np
 import pytest
 
-from lvlm_guard.world import (
+from lvlm_guard.embedded.world import (
     CATEGORIES,
     COCO_CATEGORIES,
     Conversation,
@@ -25,7 +25,7 @@ from lvlm_guard.world import (
     render_scene,
     sample_scene,
 )
-from lvlm_guard.world.coco_format import read_manifest
+from lvlm_guard.embedded.world.coco_format import read_manifest
 
 SIZES = {"train": 80, "test": 12}
 

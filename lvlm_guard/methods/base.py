@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from lvlm_guard.edits import InterventionPlan
+from lvlm_guard.engine.edits import InterventionPlan
 from lvlm_guard.errors import InterventionConfigError, UnknownGuardError
 from lvlm_guard.methods.settings import Choice, Range, check_settings, parse_setting
 from lvlm_guard.models.base import ModelSpec
@@ -17,7 +17,7 @@ from lvlm_guard.models.base import ModelSpec
 if TYPE_CHECKING:
     from transformers import LogitsProcessor
 
-    from lvlm_guard.guard import Guard
+    from lvlm_guard.engine.guard import Guard
 
 
 @dataclass(frozen=True)

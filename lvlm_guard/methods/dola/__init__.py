@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import torch
 
-from lvlm_guard.edits import InterventionPlan
+from lvlm_guard.engine.edits import InterventionPlan
 from lvlm_guard.errors import InputMismatchError, InterventionConfigError
 from lvlm_guard.methods.base import Intervention, check_layers, register_method
 from lvlm_guard.methods.dola.contrast import candidate_layers, dola_contrast, jensen_shannon

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lvlm_guard.edits import InterventionPlan
+from lvlm_guard.engine.edits import InterventionPlan
 from lvlm_guard.methods.base import Intervention, register_method
 from lvlm_guard.methods.settings import NONNEGATIVE, Range
 from lvlm_guard.methods.vcd.branch import NoisedBranch

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lvlm_guard.cache_compat import forward_cache
+from lvlm_guard.engine.cache_compat import forward_cache
 from lvlm_guard.errors import InputMismatchError, InterventionConfigError
 from lvlm_guard.methods.vcd.contrast import contrast_logits
 from lvlm_guard.methods.vcd.noise import add_diffusion_noise
