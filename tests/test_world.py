@@ -167,3 +167,21 @@ def test_conversations_are_deterministic_and_frozen(world):
     assert all(isinstance(c, Conversation) and c.image_file.startswith("test/") for c in first)
     with pytest.raises(FrozenInstanceError):
         first[0].image_file = "x"  # type: ignore[misc]
+
+
+def test_box_proposals_never_cross_their_bounds_for_oversized_objects():
+    """A surface object wider than its table top, an airborne one taller than the sky band, an
+    object wider than the image: each draw stays a valid interval (the sampler used to raise
+    `high - low < 0` for rare draws, which killed a training data worker)."""
+    import numpy as np
+
+    from lvlm_guard.embedded.world import scenes
+    from lvlm_guard.embedded.world.categories import category_names
+
+    rng = np.random.default_rng(0)
+    stype = scenes.SCENE_TYPES[0]
+    for name in category_names():
+        for shrink in (1.0, 3.0, 6.0):  # shrink > 1 grows the object
+            for surface in (None, (0.4, 0.5, 0.05, 0.1)):
+                x, y, w, h = scenes._propose_box(rng, name, stype, surface, shrink)
+                assert np.isfinite([x, y, w, h]).all() and w > 0 and h > 0

@@ -295,7 +295,8 @@ def _propose_box(
         sx, sy, sw, sh = surface
         w, h = _size(rng, name, shrink)
         bottom = float(rng.uniform(sy + 0.25 * sh, sy + 0.5 * sh))  # on the table top
-        x = float(rng.uniform(sx + 0.05 * sw, sx + 0.95 * sw - w))
+        left = sx + 0.05 * sw  # an object wider than the table top sits at its left edge (the draw
+        x = float(rng.uniform(left, max(left, sx + 0.95 * sw - w)))  # is kept: other scenes unchanged)
         return (x, bottom - h, w, h)
     elif layer == "surface":
         w, h = _size(rng, name, shrink)
@@ -305,8 +306,8 @@ def _propose_box(
         bottom = float(rng.uniform(min(0.08 + h, ground), ground + 0.05))
     else:  # air
         w, h = _size(rng, name, shrink)
-        bottom = float(rng.uniform(0.1 + h, 0.6))
-    x = float(rng.uniform(-0.1 * w, 1.0 - 0.9 * w))
+        bottom = float(rng.uniform(0.1 + h, max(0.1 + h, 0.6)))  # a tall flyer: as high as it fits
+    x = float(rng.uniform(-0.1 * w, max(-0.1 * w, 1.0 - 0.9 * w)))
     return (x, bottom - h, w, h)
 
 
