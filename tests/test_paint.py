@@ -21,7 +21,7 @@ from lvlm_guard.engine.guard import MODEL_ATTR
 from lvlm_guard.engine.state import GuardState
 from lvlm_guard.errors import ClsAttentionUnavailableError
 from lvlm_guard.methods.base import method_class
-from lvlm_guard.methods.paint import TOKENS, InformedTokens, informed_tokens, iqr_outliers, top_share
+from lvlm_guard.methods.paint import InformedTokens, PaintState, informed_tokens, iqr_outliers, top_share
 from lvlm_guard.models import ModelSpec
 
 B, H, KV, D = 2, 4, 2, 8
@@ -88,7 +88,7 @@ def test_cls_attention_sets_and_margins_equal_the_float64_official_readout():
         inputs = guard.prepare(IMAGES, PROMPTS)  # 3 images: one in the first prompt, two in the second
         with torch.no_grad():
             model(**inputs)
-        tokens: InformedTokens = guard.state.scratch[TOKENS]
+        tokens: InformedTokens = guard.state.slot(PaintState).tokens
         attentions = eager_tower_attentions(model, inputs["pixel_values"])
         patches = 64
         first = attentions[0][:, :, 0, -patches:].sum(1)  # clip_encoder.py:38, for every image
@@ -118,7 +118,7 @@ def test_cls_attention_sets_and_margins_equal_the_float64_official_readout():
 def paint_state(image_keys, margins, prompt_len):
     tokens = InformedTokens(None, 0, -2, 0.25, 1.5, alpha=0.0, beta=0.0, margins=margins)
     state = GuardState(image_keys=image_keys, prompt_ids=torch.zeros(B, prompt_len, dtype=torch.long))
-    state.scratch[TOKENS] = tokens
+    state.slot(PaintState).tokens = tokens
     return state
 
 
@@ -197,7 +197,7 @@ def test_guard_changes_only_the_last_row_from_layer_two_on_and_detach_restores(l
         with guard.disabled():
             text_plain = forward(model, text).logits
         torch.testing.assert_close(forward(model, text).logits, text_plain, rtol=1e-5, atol=1e-5)  # recomputed row
-        assert not guard.state.scratch[TOKENS].weights(guard.state, guard.state.image_keys, torch.float32, 1.0).any()
+        assert not guard.state.slot(PaintState).tokens.weights(guard.state, guard.state.image_keys, torch.float32, 1.0).any()
     finally:
         guard.detach()
     assert torch.equal(forward(model, inputs).logits, plain.logits)
@@ -211,7 +211,7 @@ def test_no_informed_tokens_equals_plain(llava):
     try:
         # the generating row is recomputed (SDPA with a zero bias): equal up to float32 rounding
         torch.testing.assert_close(forward(model, inputs).logits, plain, rtol=1e-5, atol=1e-5)
-        assert not guard.state.scratch[TOKENS].margins.any()
+        assert not guard.state.slot(PaintState).tokens.margins.any()
     finally:
         guard.detach()
 

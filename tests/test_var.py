@@ -14,7 +14,7 @@ from tiny_models import assert_cached_equals_recomputation, tiny_llava
 import lvlm_guard as lg
 from lvlm_guard.engine.attention import LayerAttention, stock_attention_function
 from lvlm_guard.engine.state import GuardState
-from lvlm_guard.methods.var import DIMS, SINKS, _record_sinks, redistribution_log_factors
+from lvlm_guard.methods.var import VARState, _record_sinks, redistribution_log_factors
 from lvlm_guard.methods.var.sinks import massive_dims, rms_normalized, sink_dims_for, sink_scores
 from lvlm_guard.models import ModelSpec
 
@@ -106,10 +106,10 @@ def test_recorded_sinks_drop_every_sink_of_a_sequence_without_visual_sinks():
     image = torch.zeros(b, n, dtype=torch.bool)
     image[:, 4:8] = True
     state = GuardState(image_keys=image, prompt_ids=torch.zeros(b, n, dtype=torch.long))
-    state.scratch[DIMS] = (3, 11)
+    state.slot(VARState).sink_dims = (3, 11)
     cfg = lg.VAR(tau=3.0)  # |RMSNorm(h)| of a lone 50 among 16 small dims is about 4
     _record_sinks(cfg, (2, 3), 2, 1, state, hidden)
-    found = state.scratch[SINKS][2]
+    found = state.slot(VARState).sinks[2]
     assert found[0].tolist() == [i in (0, 5) for i in range(n)]
     assert not found[1].any()
 
@@ -134,7 +134,7 @@ def test_a_layer_without_visual_sinks_equals_plain_attention():
         ("text sinks only", text_sinks),
         ("with a visual sink", text_sinks | image & (torch.arange(k_len) == 3)),
     ):
-        state.scratch[SINKS] = {1: sinks}
+        state.slot(VARState).sinks = {1: sinks}
         outs[name], _ = LayerAttention(1, [edit], state, H)(module, q, k, v, mask, stock, scaling=SCALING)
     assert torch.equal(outs["text sinks only"], plain)  # CPU: SDPA with a zero bias, bit for bit
     assert not torch.allclose(outs["with a visual sink"], plain, rtol=0, atol=1e-4)
@@ -160,7 +160,7 @@ def test_last_layer_true_edits_the_last_layer_of_a_model():
         guard = lg.attach(model, processor, [dataclasses.replace(_sinky_var(model), last_layer=last)])
         with torch.no_grad():
             logits[last] = model(**inputs).logits[:, -1]
-        sinks = guard.state.scratch[SINKS]
+        sinks = guard.state.slot(VARState).sinks
         edited_layers[last] = [
             layer for layer in range(4) if guard.adapter.attention(layer)._lvlm_guard_attention.edits
         ]
@@ -179,7 +179,7 @@ def test_var_edit_through_sdpa_equals_float64_reference(q_len):
     (edit,) = cfg.plan(ModelSpec(3, H, KV, D, H * D)).attention[1]
     state = GuardState(image_keys=image, prompt_ids=torch.zeros(B, k_len - q_len + 1, dtype=torch.long))
     state.query_offset = k_len - q_len
-    state.scratch[SINKS] = {1: sinks}
+    state.slot(VARState).sinks = {1: sinks}
     offset = k_len - q_len
     causal = torch.arange(k_len)[None, :] <= (torch.arange(q_len) + offset)[:, None]
     mask = causal[None, None].expand(B, 1, q_len, k_len)  # a cache of `offset` tokens, then the queries
@@ -219,10 +219,10 @@ def test_var_without_sinks_changes_nothing_and_detach_restores():
     with torch.no_grad():
         plain = model(**inputs).logits
         guard = lg.attach(model, processor, [lg.VAR(tau=1e9)])  # no token reaches tau
-        dims = guard.state.scratch[DIMS]
+        dims = guard.state.slot(VARState).sink_dims
         assert len(dims) == 2 and all(0 <= d < model.config.text_config.hidden_size for d in dims)
         guarded = model(**inputs).logits
-        assert not guard.state.scratch[SINKS][2].any()
+        assert not guard.state.slot(VARState).sinks[2].any()
         guard.detach()
         after = model(**inputs).logits
     # the edited rows are recomputed through SDPA with a zero bias: equal up to rounding, on real tokens
@@ -248,7 +248,7 @@ def test_var_changes_logits_and_cached_generation_equals_recomputation():
     steps = 4
     with torch.no_grad():
         guarded = model(**inputs).logits[:, -1]
-        found = guard.state.scratch[SINKS]
+        found = guard.state.slot(VARState).sinks
         assert any(s.any() and not s.all() for s in found.values()), "the test needs some sinks"
         assert not torch.allclose(plain, guarded)
         assert_cached_equals_recomputation(model, inputs, steps)

@@ -17,9 +17,7 @@ import lvlm_guard as lg
 from lvlm_guard.engine.edits import HeadOutputs
 from lvlm_guard.engine.state import GuardState
 from lvlm_guard.methods.vhr import (
-    NO_IMAGE,
-    SCALE,
-    VHD,
+    VHRState,
     _left_packed,
     _reinforce,
     reinforced_layers,
@@ -123,14 +121,14 @@ def test_reinforce_measures_at_the_last_prompt_row_and_scales_the_chosen_rows(pr
     image_free = torch.randn(b, h, d, dtype=torch.float64)
     image_free[0, 3] *= 8  # a head whose image-free output surges
     state = GuardState(prompt_ids=torch.zeros(b, 5, dtype=torch.long))
-    state.scratch[NO_IMAGE] = {3: image_free}
+    state.slot(VHRState).image_free = {3: image_free}
     cfg = lg.VHR(alpha=2.5, prompt_rows=prompt_rows, explicit_layers=(3,))
     out = _reinforce(cfg, (3,), HeadOutputs(layer=3, state=state), heads)
     divergence = (heads[:, -1] - image_free).norm(dim=-1)
-    torch.testing.assert_close(state.scratch[VHD][3].double(), divergence, rtol=1e-6, atol=1e-6)  # float32
+    torch.testing.assert_close(state.slot(VHRState).divergence[3].double(), divergence, rtol=1e-6, atol=1e-6)  # float32
     energy = image_free.square().sum(-1)
     selected = torch.tensor([paper_heads(divergence[i].tolist(), energy[i].tolist()) for i in range(b)])
-    assert torch.equal(vision_aware_heads(state.scratch[VHD][3], energy.float()), selected)
+    assert torch.equal(vision_aware_heads(state.slot(VHRState).divergence[3], energy.float()), selected)
     assert (selected.sum(-1) == h // 2).all()
     rows = slice(None) if prompt_rows == "all" else slice(-1, None)
     expected = heads.clone()
@@ -158,7 +156,7 @@ def test_alpha_one_is_the_plain_model_and_vhr_reaches_exactly_its_rows_and_layer
         guard = lg.attach(model, processor, [lg.VHR()])
         reinforced = model(**inputs).logits
         (filled,) = guard.interventions
-        scales = guard.state.scratch[SCALE]
+        scales = guard.state.slot(VHRState).scales
         guard.detach()
     assert torch.equal(plain, same)
     assert torch.equal(plain[:, :-1], last_only[:, :-1])  # "last": rows before the generating one untouched
@@ -256,6 +254,6 @@ def test_vhr_reinforces_the_rule_layers_on_every_family(family_model):
     guard = lg.attach(model, processor, [lg.VHR()])
     try:
         guard.generate(FAMILY_IMAGES, FAMILY_PROMPTS, max_new_tokens=1)
-        assert list(guard.state.scratch[SCALE]) == [1, 2, 3] and LAYERS == 4
+        assert list(guard.state.slot(VHRState).scales) == [1, 2, 3] and LAYERS == 4
     finally:
         guard.detach()

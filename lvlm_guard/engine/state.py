@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 if TYPE_CHECKING:
     from lvlm_guard.engine.taps import Taps
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,9 +28,17 @@ class GuardState:
     prompt_ids: torch.Tensor | None = None  # [b, prompt_len] of the last prompt
     query_offset: int = 0  # cache slot of the first query of the last multi-token forward
     taps: Taps | None = None
-    scratch: dict[str, Any] = field(default_factory=dict)  # per-method data (e.g. sink tokens)
+    #: per-method state, one typed object per method class (`slot`): e.g. VAR's sink tokens
+    slots: dict[type, Any] = field(default_factory=dict, repr=False)
     _weights: dict = field(default_factory=dict, repr=False)  # image_key_weights cache, one key length
     _image_ends: tuple | None = field(default=None, repr=False)  # (last image slots [b], first slot after all)
+
+    def slot(self, kind: type[T]) -> T:
+        """This guard's instance of a method's state class `kind` (made with `kind()` on first use)."""
+        found = self.slots.get(kind)
+        if found is None:
+            found = self.slots[kind] = kind()
+        return found
 
     def set_image_keys(self, image_keys: torch.Tensor) -> None:
         self.image_keys = image_keys

@@ -73,7 +73,11 @@ from lvlm_guard.models.base import ModelSpec
 if TYPE_CHECKING:
     from lvlm_guard.engine.guard import Guard
 
-TOKENS = "paint.informed_tokens"  # state.scratch[TOKENS]: the guard's InformedTokens
+@dataclass
+class PaintState:
+    """What PAINT keeps per guard (`state.slot(PaintState)`)."""
+
+    tokens: InformedTokens | None = None  # the informed tokens of the images seen last
 
 
 # --- the token rule (clip_encoder.py:16-59), pure functions -------------------------------------------
@@ -201,7 +205,7 @@ class InformedTokens:
 
 
 def _tokens(state: GuardState) -> InformedTokens | None:
-    return state.scratch.get(TOKENS)
+    return state.slot(PaintState).tokens
 
 
 def _margins(state: GuardState, image_keys: torch.Tensor) -> torch.Tensor:
@@ -270,7 +274,7 @@ class PAINT(Intervention):
             guard.adapter, config.local_vit_layer, config.summary_vit_layer, config.local_ratio,
             config.whisker, config.alpha, config.beta,
         )  # fmt: skip
-        guard.state.scratch[TOKENS] = tokens
+        guard.state.slot(PaintState).tokens = tokens
         served: dict[int, tuple[torch.nn.Module, list[int]]] = {}
         for layer, module in zip(vit_layers, modules):
             served.setdefault(id(module), (module, []))[1].append(layer)

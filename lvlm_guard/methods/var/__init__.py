@@ -67,8 +67,13 @@ from lvlm_guard.methods.settings import LAYER, POSITIVE, UNIT, Range
 from lvlm_guard.methods.var.sinks import sink_dims_for, sink_scores
 from lvlm_guard.models.base import ModelSpec
 
-SINKS = "var.sink_tokens"  # state.scratch[SINKS][layer]: [b, prompt_len] bool (a LayerTensors)
-DIMS = "var.sink_dims"  # state.scratch[DIMS]: the model's sink dimensions
+
+@dataclass
+class VARState:
+    """What VAR keeps per guard (`state.slot(VARState)`)."""
+
+    sink_dims: tuple[int, ...] | None = None  # the model's sink dimensions, found at attach
+    sinks: LayerTensors | dict | None = None  # [layer] -> [b, prompt_len] bool sink tokens of this prompt
 
 
 def redistribution_log_factors(
@@ -95,7 +100,8 @@ def redistribution_log_factors(
 
 def _layer_sinks(state: GuardState, layer: int) -> torch.Tensor | None:
     """`[b, prompt_len]` sink tokens entering `layer` (None before any prompt was read)."""
-    return state.scratch.get(SINKS, {}).get(layer)
+    sinks = state.slot(VARState).sinks
+    return None if sinks is None else sinks.get(layer)
 
 
 def _redistribution_bias(config: VAR, rows: AttentionRows) -> torch.Tensor:
@@ -118,15 +124,16 @@ def _record_sinks(
 
     A sequence without a visual sink in this layer keeps none at all (logic.py:125,140-141: the
     layer is left alone), so the fused decoding kernel, which reads these, leaves it alone too."""
-    dims = state.scratch.get(DIMS)
+    var_state = state.slot(VARState)
+    dims = var_state.sink_dims
     if dims is not None and hidden.shape[1] > 1 and state.query_offset == 0:
         found = sink_scores(hidden[:, : state.prompt_len], dims) > config.tau
         if state.image_keys is not None:
             image = state.image_keys[:, : found.shape[1]]
             found = found & (found[:, : image.shape[1]] & image).any(-1, keepdim=True)
-        sinks = state.scratch.get(SINKS)
+        sinks = var_state.sinks
         if not isinstance(sinks, LayerTensors):
-            sinks = state.scratch[SINKS] = LayerTensors(layers)
+            sinks = var_state.sinks = LayerTensors(layers)
         sinks[layer] = found
     return hidden
 
@@ -186,4 +193,4 @@ class VAR(Intervention):
                 raise InterventionConfigError("var: the model has no BOS token; give sink_dims explicitly")
             layers = self.layers(adapter.spec)
             dims = sink_dims_for(adapter.language_model, text_config, int(first), range(layers[0], layers[-1] + 1))
-        guard.state.scratch[DIMS] = tuple(dims)
+        guard.state.slot(VARState).sink_dims = tuple(dims)

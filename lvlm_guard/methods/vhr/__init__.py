@@ -38,7 +38,7 @@ Open points, as config fields or stated:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar
 
@@ -51,10 +51,15 @@ from lvlm_guard.methods.base import Intervention, Preset, check_layers, register
 from lvlm_guard.methods.settings import LAYER, POSITIVE, UNIT, Choice
 from lvlm_guard.models.base import ModelSpec
 
-NO_IMAGE = "vhr.image_free_heads"  # scratch[NO_IMAGE][layer]: [b, h, d] head outputs without the image
-#: scratch[SCALE][layer]: [b, 1, h, 1] multiplier (alpha on vision-aware heads, else 1), in a LayerTensors
-SCALE = "vhr.head_scale"
-VHD = "vhr.divergence"  # scratch[VHD][layer]: [b, h] the measured divergences, before Eq. 6 (diagnostics)
+
+@dataclass
+class VHRState:
+    """What VHR keeps per guard and prompt (`state.slot(VHRState)`)."""
+
+    image_free: dict = field(default_factory=dict)  # [layer] -> [b, h, d] head outputs without the image
+    scales: LayerTensors | None = None  # [layer] -> [b, 1, h, 1]: alpha on vision-aware heads, else 1
+    divergence: dict = field(default_factory=dict)  # [layer] -> [b, h] measured, before Eq. 6 (diagnostics)
+
 PROMPT_ROWS = ("all", "last")
 
 
@@ -87,21 +92,22 @@ def _reinforce(config: VHR, layers: tuple[int, ...], ctx: HeadOutputs, heads: to
     The scales are kept shaped `[b, 1, h, 1]`: a decoding step (eager decoding is bound by host
     time) then costs one lookup and one multiplication per layer."""
     state = ctx.state
-    scales = state.scratch.get(SCALE)
+    vhr_state = state.slot(VHRState)
+    scales = vhr_state.scales
     q_len = heads.shape[1]
     if q_len == 1:  # a decoding step: this prompt's scales
         scale = None if scales is None else scales.get(ctx.layer)
         return heads if scale is None else heads * scale
     if scales is None:
-        scales = state.scratch[SCALE] = LayerTensors(layers)
+        scales = vhr_state.scales = LayerTensors(layers)
     last_prompt_row = state.prompt_len - 1 - state.query_offset
     if 0 <= last_prompt_row < q_len:  # the prefill (or a recomputation) of this prompt: t = 0
-        image_free = state.scratch.get(NO_IMAGE, {}).get(ctx.layer)
+        image_free = vhr_state.image_free.get(ctx.layer)
         if image_free is None:
             return heads
         image_free = image_free.float()
         divergence = (heads[:, last_prompt_row].float() - image_free).norm(dim=-1)  # [b, h], Eq. 4
-        state.scratch.setdefault(VHD, {})[ctx.layer] = divergence
+        vhr_state.divergence[ctx.layer] = divergence
         selected = vision_aware_heads(divergence, image_free.square().sum(-1))
         scales[ctx.layer] = torch.where(selected, config.alpha, 1.0).to(heads.dtype)[:, None, :, None]
     scale = scales.get(ctx.layer)
@@ -173,8 +179,9 @@ class VHR(Intervention):
     def on_prefill(self, guard, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """The image-free branch: the prompt without its image tokens, last-token head outputs."""
         state, layers = guard.state, self.layers(guard.adapter.spec)
-        state.scratch[SCALE] = LayerTensors(layers)  # no stale scales if this prompt records none
-        state.scratch[NO_IMAGE] = record_image_free_heads(guard, input_ids, attention_mask, layers)
+        vhr_state = state.slot(VHRState)
+        vhr_state.scales = LayerTensors(layers)  # no stale scales if this prompt records none
+        vhr_state.image_free = record_image_free_heads(guard, input_ids, attention_mask, layers)
 
 
 @torch.no_grad()
