@@ -163,3 +163,107 @@ def load_organism_lm(
     model.tie_weights()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     return model.to(device).eval(), tokenizer
+
+
+# -- any transformers model (the exported LLaVA): shards by size, loadable through `lg.load` --------
+#: raw bytes per shard before lzma; int8 barely compresses, so this keeps every .xz under 16 MiB
+MAX_SHARD_BYTES = 15 * 2**20
+
+
+def _tied_duplicates(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that share storage with an earlier one (tied lm_head): not stored."""
+    seen: dict[int, str] = {}
+    dupes = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        ptr = param.data_ptr()
+        if ptr in seen:
+            dupes.add(name)
+        else:
+            seen[ptr] = name
+    return dupes
+
+
+def save_int8_model(model: torch.nn.Module, folder: str | Path, max_shard_bytes: int = MAX_SHARD_BYTES,
+                    preset: int = 6) -> list[Path]:  # fmt: skip
+    """`save_int8`'s format for any model: matrices int8 per output channel + float32 scales, the
+    rest float32, tied copies left out, shards of at most `max_shard_bytes` raw bytes (so each
+    lzma file stays under 16 MiB, the limit on files coming back from the GPU machine), plus
+    `config.json` (and `generation_config.json` when the model has one)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    skip = _tied_duplicates(model)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name in skip:
+            continue
+        if tensor.ndim == 2 and tensor.is_floating_point():
+            state[f"{name}.q"], state[f"{name}.scale"] = (t.contiguous().cpu() for t in quantize_int8(tensor))
+        else:
+            state[name] = tensor.detach().float().contiguous().cpu()
+    parts: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(state):
+        nbytes = state[name].numel() * state[name].element_size()
+        if parts[-1] and size + nbytes > max_shard_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(name)
+        size += nbytes
+    for old in folder.glob(SHARD_PATTERN.format(index="*")):
+        old.unlink()
+    paths = []
+    for i, part in enumerate(parts):
+        path = folder / SHARD_PATTERN.format(index=i)
+        path.write_bytes(lzma.compress(save_safetensors({n: state[n] for n in part}), preset=preset))
+        paths.append(path)
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(folder)
+    (folder / MANIFEST).write_text(
+        json.dumps({"format": "int8 per output channel, float32 scales, lzma", "shards": [p.name for p in paths]})
+    )
+    return paths
+
+
+def is_int8_folder(folder: str | Path) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def load_int8_pretrained(
+    folder: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device_map: str | dict | None = None,
+    attn_implementation: str = "sdpa",
+):
+    """`(model, processor_or_tokenizer)` from an int8 folder, the way `from_pretrained` would give
+    them: the class named in config.json's `architectures`, weights dequantized to `dtype`, tied
+    weights re-tied, generation config read, eval mode. `device_map` may be None, a device name or
+    "auto" (the GPU when there is one); anything finer is refused (the model is small)."""
+    import transformers
+    from transformers import AutoConfig, AutoProcessor, GenerationConfig
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    model_cls = getattr(transformers, (config.architectures or ["LlamaForCausalLM"])[0])
+    model = model_cls._from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(load_int8_state(folder), strict=False)
+    tied = _tied_duplicates(model)
+    missing = [m for m in missing if m not in tied]
+    if missing or unexpected:
+        raise ValueError(f"{folder}: checkpoint does not match the config: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder, local_files_only=True)
+    if isinstance(device_map, dict):
+        devices = set(map(str, device_map.values()))
+        if len(devices) != 1:
+            raise ValueError(f"{folder}: an int8 folder loads onto one device, got device_map {device_map}")
+        device_map = devices.pop()
+    if device_map == "auto":
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device=device_map or "cpu", dtype=dtype).eval()
+    if (folder / "processor_config.json").is_file() or (folder / "preprocessor_config.json").is_file():
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    else:
+        processor = PreTrainedTokenizerFast.from_pretrained(folder)
+    return model, processor
