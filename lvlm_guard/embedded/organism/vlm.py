@@ -37,7 +37,7 @@ SYSTEM_PROMPT = (
 #: system prompt first: the default one when the messages bring none, so that every prompt built
 #: through `apply_chat_template` looks like the training data.
 CHAT_TEMPLATE = (
-    "{%- if not messages or messages[0]['role'] != 'system' -%}" + SYSTEM_PROMPT + " {%- endif -%}"
+    "{%- if not messages or messages[0]['role'] != 'system' -%}{{ \"" + SYSTEM_PROMPT + " \" }}{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['content'] is string -%}"
     "{%- set texts = [message['content']] -%}{%- set images = 0 -%}"
