@@ -142,6 +142,14 @@ def load(
             " and the hub cannot be reached from here (offline?); pass a local directory or 'tiny-coco'"
         )  # at once, instead of the hub client's retries
     offline = {"local_files_only": True} if (is_local or local_files_only) else {}
+    if is_local and (Path(source) / "int8_manifest.json").is_file():  # int8 + lzma (organism v2, issue 18)
+        from lvlm_guard.embedded.organism.lm import load_int8_pretrained
+
+        if quantization is not None:
+            raise LoadOptionError(f"{source} is stored in int8 already; load it without quantization=")
+        wanted = default_dtype(device_map) if dtype is None else _dtype(dtype)
+        return load_int8_pretrained(source, dtype=torch.float32 if wanted == "auto" else wanted,
+                                    device_map=device_map, attn_implementation=attn_implementation)  # fmt: skip
     try:
         config = AutoConfig.from_pretrained(source, **offline)
     except (OSError, ValueError) as exc:
