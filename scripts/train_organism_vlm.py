@@ -481,10 +481,8 @@ def stage_lm(args, stage: str) -> Path:
             width = int((ids != tokenizer.pad_token_id).sum(1).max())
             width = min(ids.shape[1], -(-width // 64) * 64)  # buckets of 64: few shapes to compile
             ids, mask = ids[:, :width], mask[:, :width]
-            rows_with_image = batch["has_image"].view(-1, per_image)  # [images, per_image]
             img_of_row = torch.arange(len(batch["images"]), device=device).repeat_interleave(per_image)
             pixels = pixel_values(batch["images"][img_of_row[batch["has_image"]]])
-            _ = rows_with_image
             lr = lr_at(run.step, run.total, warmup, lr_peak)
             for g in opt.param_groups:
                 g["lr"] = lr
