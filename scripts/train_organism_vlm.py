@@ -43,6 +43,7 @@ GPU budget plan (next session: 30 min of H200 time, 10 min per command, the mach
     ~10 MB each, config, processor, tokenizer, logs):
     bash -c 'while [ ! -f /tmp/v2/export/DONE ] && [ $SECONDS -lt 400 ]; do sleep 5; done;
       tail -c 3000 /tmp/v2/log.txt; python scripts/train_organism_vlm.py collect --out /tmp/v2 --dest $OUT'
+  collect puts files under 1 MiB into one small.tar (<= 8 files per call).
   Stage times: B 6 min + C 2 min + D 9.5 min + start, worker spawn, checks ~2.5 min = ~20 min of
   training inside ~26 min of calls. `collect` copies each finished stage's small weights (ViT int8
   ~4 MB, projector 1 MB, the export) so a lost machine resumes from what came back:
@@ -600,10 +601,16 @@ def collect(args) -> None:
     big = [p for p in files if p.stat().st_size > 16 * 2**20]
     if big:
         raise RuntimeError(f"files over 16 MiB: {big}")
+    import tarfile
+
+    small = [p for p in files if p.stat().st_size < 2**20]  # one tar: at most 8 files come back per call
     for p in files:
-        name = p.name if p.parent.name in ("export",) else f"{p.parent.name}_{p.name}"
-        shutil.copy(p, dest / name)
-    print(f"collected {len(files)} files into {dest}: {[p.name for p in files]}")
+        if p not in small:
+            shutil.copy(p, dest / (p.name if p.parent.name == "export" else f"{p.parent.name}_{p.name}"))
+    with tarfile.open(dest / "small.tar", "w") as tar:
+        for p in small:
+            tar.add(p, arcname=str(p.relative_to(out)))
+    print(f"collected {len(files)} files into {dest} ({len(small)} in small.tar): {[p.name for p in files]}")
 
 
 def run_all(args) -> None:
