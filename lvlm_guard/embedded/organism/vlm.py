@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from lvlm_guard.embedded.tiny_model import CHAT_TEMPLATE as V1_CHAT_TEMPLATE
 from lvlm_guard.embedded.tiny_model import IMAGE, TinyLlavaSpec, build_image_processor
 
 #: LLaVA-1.5's system prompt (haotian-liu/LLaVA, conversation.py, conv_vicuna_v1), "human" as there
@@ -38,19 +39,7 @@ SYSTEM_PROMPT = (
 #: through `apply_chat_template` looks like the training data.
 CHAT_TEMPLATE = (
     "{%- if not messages or messages[0]['role'] != 'system' -%}{{ \"" + SYSTEM_PROMPT + " \" }}{%- endif -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}"
-    "{%- set texts = [message['content']] -%}{%- set images = 0 -%}"
-    "{%- else -%}"
-    "{%- set texts = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}"
-    "{%- set images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'system' -%}{{ texts | join(' ') + ' ' }}"
-    "{%- elif message['role'] == 'user' -%}USER: {{ '<image>\n' * images }}{{ texts | join(' ') + ' ' }}"
-    "{%- elif message['role'] == 'assistant' -%}ASSISTANT: {% generation %}{{ texts | join(' ') }}</s>{% endgeneration %}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}ASSISTANT:{%- endif -%}"
+    + V1_CHAT_TEMPLATE
 )
 
 
