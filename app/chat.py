@@ -230,8 +230,8 @@ def attention_panel(model, processor, image, truth, result) -> None:
     heat_col, sam_col = st.columns(2)
     sam_name = _sam_name()
     heat_clicked = heat_col.button("Show attention heatmap")
-    locate_clicked = session.has_vlsam() and sam_col.button("VL-SAM: locate this word")
-    segment_clicked = session.has_vlsam() and sam_name and sam_col.button("VL-SAM: segment this word with SAM")
+    locate_clicked = sam_col.button("VL-SAM: locate this word")
+    segment_clicked = sam_name and sam_col.button("VL-SAM: segment this word with SAM")
     args = (model, processor, result["spec"], image)
     if heat_clicked:
         try:

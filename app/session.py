@@ -356,10 +356,6 @@ def segment_word(
             return vlsam.segment(guard, image, sam, word)[0]
 
 
-def has_vlsam() -> bool:
-    return hasattr(vlsam, "segment")
-
-
 def guard_spec_check(spec: str) -> None:
     """Raise the method's own typed error when the spec's parameters are invalid."""
     lg.parse_guard_spec(spec)
