@@ -116,11 +116,11 @@ def _main_job(args: argparse.Namespace) -> int:
     from evals.pope.task import POPE_MAX_NEW_TOKENS
     from evals.progress import item_cost, job_progress
     from lvlm_guard.embedded.world.coco_format import ensure_world
-    from lvlm_guard.methods import available_methods, method_class, parse_guard_spec
+    from lvlm_guard.methods import available_methods, parse_guard_spec
 
     guards = available_methods() if args.guards is None else [g.strip() for g in args.guards.split(",") if g.strip()]
-    for spec in guards:
-        parse_guard_spec(spec.replace("+", ","))  # every name and setting checked before any work
+    # every name and setting checked before any work ('+' stacks methods in a grid entry)
+    parsed = [i for spec in guards for i in parse_guard_spec(spec.replace("+", ","))]
     if args.num_images < POPE_MIN_IMAGES:
         raise InvalidArgumentError(f"--num-images must be >= {POPE_MIN_IMAGES} (POPE needs two images), got {args.num_images}")
     grid = ",".join(["none", *[g for g in guards if g != "none"]])
@@ -138,7 +138,7 @@ def _main_job(args: argparse.Namespace) -> int:
         code = eval_main(["eval", "pope", *common, "--out", str(args.out / "pope")], make_answer_fn)
         if not code:
             code = eval_main(["eval", "chair", *common, *chair, "--out", str(args.out / "chair")], make_answer_fn)
-    speed = sorted({name for g in guards for name in _method_names(g) if method_class(name).purpose == "speed"})
+    speed = sorted({i.name for i in parsed if i.purpose == "speed"})
     if not code and speed:
         note = (
             f"\nNote: {', '.join(speed)} is a speed method (visual tokens leave the model early): its rows show the "
@@ -152,10 +152,6 @@ def _main_job(args: argparse.Namespace) -> int:
     minutes, seconds = divmod(time.perf_counter() - started, 60)
     print(f"main job: {int(minutes)} min {seconds:.0f} s this session; results in {args.out}", file=sys.stderr)
     return code
-
-
-def _method_names(spec: str) -> list[str]:
-    return [part.split(":")[0].strip() for part in spec.replace("+", ",").split(",") if part.strip() not in ("", "none")]
 
 
 def _list(args: argparse.Namespace) -> int:
