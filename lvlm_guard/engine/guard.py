@@ -260,8 +260,11 @@ class Guard:
         state.query_offset = seen
         state.set_image_keys(image_keys)
         if new_prompt and state.active:
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, dict):  # one mask per layer type (Qwen2-VL's static-cache generate): the full one
+                mask = mask.get("full_attention", next(iter(mask.values()), None))
             for item in self.interventions:
-                item.on_prefill(self, input_ids, kwargs.get("attention_mask"))
+                item.on_prefill(self, input_ids, mask)
         return None
 
     def _hidden_state_hook(self, layer: int, edits: list[HiddenStateEdit]):

@@ -106,7 +106,8 @@ class Intervention(ABC):
         return None
 
     def on_prefill(self, guard: Guard, input_ids, attention_mask) -> None:
-        """Per-prompt preparation before the model reads a new prompt (e.g. an image-free pass)."""
+        """Per-prompt preparation before the model reads a new prompt (e.g. an image-free pass).
+        `attention_mask`: the mask `generate` passed, 2-D or 4-D, or None."""
         return None
 
     def logits_processor(self, guard: Guard, inputs: dict) -> LogitsProcessor | None:

@@ -225,9 +225,7 @@ def _left_packed(input_ids: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Ten
 
 def _real_tokens(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | bool:
     """`[b, length]` bool of non-padding prompt tokens from whatever mask `generate` passed: 2-D
-    (possibly as wide as a static cache), 4-D (the last row's allowed keys) or a dict of them per layer type."""
-    if isinstance(attention_mask, dict):  # per layer type (Qwen2-VL's static-cache generate): any full mask
-        attention_mask = attention_mask.get("full_attention", next(iter(attention_mask.values()), None))
+    (possibly as wide as a static cache) or 4-D (the last row's allowed keys)."""
     if attention_mask is None:
         return True
     if attention_mask.dim() == 4:
